@@ -1,0 +1,33 @@
+# vidseq: `make demo` runs the whole pipeline on the demo data, `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo ui bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (or the venv is missing): quick and idempotent.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m training.summary
+
+ui: install
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri sqlite:///mlflow.db
+
+bench: install
+	$(BIN)/python benchmarks/preprocess.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf data/records data/raw models reports mlruns mlflow.db
