@@ -1,0 +1,1 @@
+"""vidseq preprocessing: raw videos to TFRecords of fixed-length clips (Apache Beam)."""

@@ -164,7 +164,7 @@ class DataConfig:
 
     raw_dir: str = "data/raw"
     records_dir: str = "data/records"
-    synth_videos_per_class: int = 40
+    synth_videos_per_class: int = 45
     synth_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -188,7 +188,7 @@ class PreprocessConfig:
     frame_encoding: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = 90
     splits: Mapping[str, float] = dataclasses.field(
-        default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15}
+        default_factory=lambda: {"train": 0.65, "val": 0.15, "test": 0.2}
     )
     split_salt: str = "vidseq"
     shard_size_mb: float = 64.0

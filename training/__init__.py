@@ -1,0 +1,1 @@
+"""vidseq training: CNN-LSTM training, evaluation, registration and prediction (Keras, MLflow)."""

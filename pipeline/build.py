@@ -1,0 +1,159 @@
+"""``python -m pipeline``: the Beam job that turns raw videos into TFRecords of fixed-length clips.
+
+Usage::
+
+    python -m pipeline --input DIR_OR_MANIFEST --output DIR [--params params.yaml] [Beam flags]
+
+Own flags are parsed with ``parse_known_args``; everything else goes to ``PipelineOptions``,
+so the same command runs on the DirectRunner (default), Dataflow, Flink or Spark by flags alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import records, staging, transforms
+from pipeline.config import DEFAULT_PARAMS, ConfigError, PreprocessConfig, load_section
+from pipeline.sources import InputError, list_videos
+
+logger = logging.getLogger(__name__)
+
+
+class TooManyErrors(RuntimeError):
+    """More than ``preprocess.max_error_fraction`` of the videos produced no clip."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What one run produced."""
+
+    videos: int
+    clips: int
+    shards: int
+    failed: int
+    output: str
+
+    def line(self) -> str:
+        return (
+            f"{self.videos} videos → {self.clips} clips in {self.shards} shards; "
+            f"{self.failed} failed, see {FileSystems.join(self.output, records.ERRORS_JSONL)}"
+        )
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Decode raw videos into TFRecord shards of fixed-length clips plus dataset.json. "
+        "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, --project, ...).",
+    )
+    parser.add_argument("--input", required=True, help="folder of class folders, or a manifest CSV (path,label[,group])")
+    parser.add_argument("--output", required=True, help="records folder (local, gs://, s3://, ...); replaced on success")
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params YAML; its preprocess section is read")
+    return parser.parse_known_args(argv)
+
+
+def run(input_path: str, output: str, cfg: PreprocessConfig, beam_args: list[str]) -> Summary:
+    """Runs the job and publishes its output.
+
+    Raises:
+        InputError: the input is missing or unusable (before any work).
+        TooManyErrors: too many videos failed; the previous output is left intact.
+    """
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)
+    listing = list_videos(input_path, cfg.splits, cfg.split_salt)
+    if not listing.classes:
+        raise InputError(f"no usable videos in {input_path}: every entry failed listing ({listing.errors[0]['reason']})")
+    logger.info("found %d videos in %d classes under %s", len(listing.items), len(listing.classes), input_path)
+    stage_dir = staging.new_staging_dir(output)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            transforms.build(pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir)
+        stats = transforms.read_stats(stage_dir)
+        errors = transforms.read_errors(stage_dir)
+    except BaseException:
+        staging.discard(stage_dir)
+        raise
+    total = len(listing.items) + len(listing.errors)
+    _check_error_fraction(errors, total, cfg, stage_dir)
+    spec = records.DatasetSpec(
+        sequence_length=cfg.sequence_length,
+        height=cfg.height,
+        width=cfg.width,
+        channels=cfg.channels,
+        frame_encoding=cfg.frame_encoding,
+        classes=listing.classes,
+        splits=stats,
+        errors=len(errors),
+        compression=cfg.compression,
+        sampling=cfg.as_dict(),
+    )
+    with FileSystems.create(FileSystems.join(stage_dir, records.DATASET_JSON)) as handle:
+        handle.write(spec.to_json().encode("utf-8"))
+    _write_empty_errors_file(stage_dir, errors)
+    stats_file = FileSystems.join(stage_dir, transforms.STATS_FILE)
+    if FileSystems.exists(stats_file):
+        FileSystems.delete([stats_file])
+    staging.publish(stage_dir, output)
+    shards = sum(
+        len(FileSystems.match([FileSystems.join(output, records.shard_pattern(s, spec.compressed))])[0].metadata_list)
+        for s in records.SPLITS
+    )
+    for warning in listing.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return Summary(
+        videos=total,
+        clips=sum(s["clips"] for s in stats.values()),
+        shards=shards,
+        failed=len(errors),
+        output=output,
+    )
+
+
+def _write_empty_errors_file(stage_dir: str, errors: list[dict]) -> None:
+    """A run without errors still leaves an empty errors.jsonl, except on object stores.
+
+    Beam's S3 and GCS writers cannot create zero-byte objects; readers treat a missing
+    ``errors.jsonl`` as "no errors".
+    """
+    path = FileSystems.join(stage_dir, records.ERRORS_JSONL)
+    if not errors and "://" not in stage_dir and not FileSystems.exists(path):
+        with FileSystems.create(path):
+            pass
+
+
+def _check_error_fraction(errors: list[dict], total: int, cfg: PreprocessConfig, stage_dir: str) -> None:
+    if not total or len(errors) / total <= cfg.max_error_fraction:
+        return
+    reasons = Counter(e["stage"] for e in errors).most_common()
+    raise TooManyErrors(
+        f"{len(errors)} of {total} videos failed ({len(errors) / total:.0%} > preprocess.max_error_fraction "
+        f"{cfg.max_error_fraction:.0%}; by stage: {', '.join(f'{s} {n}' for s, n in reasons)}): "
+        f"see {FileSystems.join(stage_dir, records.ERRORS_JSONL)}; the previous output is left intact"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    args, beam_args = parse_args(argv)
+    try:
+        cfg = load_section(PreprocessConfig, args.params, "preprocess")
+        summary = run(args.input, args.output, cfg, beam_args)
+    except (ConfigError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TooManyErrors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0

@@ -1,0 +1,225 @@
+"""End-to-end tests of ``python -m pipeline``: real commands on temporary folders, read back two ways."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from videos import write_bad_files, write_tiny_video
+
+from pipeline import build, records
+
+REPO = Path(__file__).resolve().parents[1]
+PREPROCESS = {
+    "sequence_length": 4,
+    "height": 24,
+    "width": 32,
+    "fps": 6.0,
+    "clips_per_video": 2,
+    "short_video": "skip",
+    "splits": {"train": 0.5, "val": 0.25, "test": 0.25},
+    "max_error_fraction": 0.5,
+}
+
+
+def write_params(folder: Path, **overrides) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump({"preprocess": {**PREPROCESS, **overrides}}))
+    return path
+
+
+def run_job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """3 classes x 4 videos in mixed containers, plus one of each kind of bad file."""
+    root = tmp_path_factory.mktemp("raw")
+    exts = ["mp4", "avi", "webm", "mp4"]
+    for c, (name, dx, dy) in enumerate([("down", 0, 1), ("left", -1, 0), ("right", 1, 0)]):
+        for g in range(4):
+            write_tiny_video(root / name / f"v_{name}_g{g:02d}_c01.{exts[g]}", seconds=1.2, fps=10 + 5 * (g % 2), size=(24, 40), dx=dx, dy=dy, seed=c * 10 + g)
+    write_tiny_video(root / "left" / "short.mp4", seconds=0.3)
+    bad = write_bad_files(root / "right", root / "right" / "v_right_g00_c01.mp4")
+    inputs = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink())
+    return root, bad, inputs
+
+
+@pytest.fixture(scope="module")
+def job(dataset, tmp_path_factory):
+    root, bad, inputs = dataset
+    work = tmp_path_factory.mktemp("job")
+    params = write_params(work)
+    result = run_job("--input", str(root), "--output", str(work / "records"), "--params", str(params), cwd=work)
+    return work / "records", result
+
+
+def test_job_writes_contract_and_summary(job, dataset):
+    out, result = job
+    assert result.returncode == 0, result.stderr
+    spec = records.read_spec(str(out))
+    assert spec.clip_shape == (4, 24, 32, 3)
+    assert spec.classes == ("down", "left", "right")
+    assert spec.sampling["fps"] == 6.0 and spec.format_version == records.FORMAT_VERSION
+    total_clips = sum(s["clips"] for s in spec.splits.values())
+    assert sum(s["videos"] for s in spec.splits.values()) == 12
+    assert total_clips == 24
+    shards = sum(len(glob.glob(str(out / records.shard_pattern(s)))) for s in records.SPLITS)
+    assert f"{len(dataset[2])} videos → 24 clips in {shards} shards; {spec.errors} failed, see" in result.stdout
+    assert not glob.glob(str(out) + ".staging-*"), "staging folder left behind"
+
+
+def test_every_input_is_in_a_record_or_in_errors(job, dataset):
+    out, _ = job
+    root, bad, inputs = dataset
+    errors = [json.loads(line) for line in (out / records.ERRORS_JSONL).read_text().splitlines()]
+    assert all(set(e) == {"path", "reason", "stage"} for e in errors)
+    seen = {r["video_id"][0].decode() for f in glob.glob(str(out / "*.tfrecord")) for r in _lite(f)}
+    failed = {e["path"] for e in errors}
+    assert not seen & failed
+    assert seen | failed == set(inputs)
+    assert {f"right/{name}" for name in bad} <= failed
+    assert "left/short.mp4" in failed
+    assert records.read_spec(str(out)).errors == len(errors)
+
+
+def _lite(path):
+    import tfrecord_lite
+
+    return list(tfrecord_lite.tf_record_iterator(path))
+
+
+def test_records_read_back_with_tf_data(job):
+    import tensorflow as tf
+
+    out, _ = job
+    spec = records.read_spec(str(out))
+    files = sorted(glob.glob(str(out / records.shard_pattern("train"))))
+    ds = tf.data.TFRecordDataset(files).map(lambda x: tf.io.parse_single_example(x, records.tf_feature_spec(4)))
+    count = 0
+    for ex in ds:
+        frames = tf.map_fn(tf.io.decode_jpeg, ex["frames"], fn_output_signature=tf.uint8)
+        assert tuple(frames.shape) == spec.clip_shape
+        assert spec.classes[int(ex["label"][0])] == ex["label_name"][0].numpy().decode()
+        assert ex["video_id"][0].numpy().decode().startswith(ex["label_name"][0].numpy().decode() + "/")
+        ts = ex["timestamps"].numpy()
+        assert (ts[1:] > ts[:-1]).all()
+        count += 1
+    assert count == spec.splits["train"]["clips"] > 0
+
+
+def test_groups_never_straddle_splits(job):
+    out, _ = job
+    split_of_group = {}
+    for split in records.SPLITS:
+        for f in glob.glob(str(out / records.shard_pattern(split))):
+            for r in _lite(f):
+                vid = r["video_id"][0].decode()
+                group = vid.split("_g")[1][:2] + vid.split("/")[0]
+                assert split_of_group.setdefault(group, split) == split
+
+
+def test_same_inputs_same_output(job, dataset, tmp_path):
+    out, _ = job
+    root = dataset[0]
+    params = write_params(tmp_path)
+    second = run_job("--input", str(root), "--output", str(tmp_path / "again"), "--params", str(params), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert (tmp_path / "again" / "dataset.json").read_text() == (out / "dataset.json").read_text()
+    for split in records.SPLITS:
+        a = sorted(r for f in glob.glob(str(out / records.shard_pattern(split))) for r in map(_key, _lite(f)))
+        b = sorted(r for f in glob.glob(str(tmp_path / "again" / records.shard_pattern(split))) for r in map(_key, _lite(f)))
+        assert a == b
+
+
+def _key(r):
+    return r["video_id"][0].decode(), tuple(r["frame_indices"].tolist()), b"".join(r["frames"])
+
+
+def test_too_many_failures_exit_non_zero_and_keep_previous_output(job, dataset, tmp_path):
+    out, _ = job
+    root = dataset[0]
+    previous = tmp_path / "records"
+    previous.mkdir()
+    (previous / "dataset.json").write_text("{\"old\": true}")
+    params = write_params(tmp_path, max_error_fraction=0.05)
+    result = run_job("--input", str(root), "--output", str(previous), "--params", str(params), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "preprocess.max_error_fraction" in result.stderr and "previous output is left intact" in result.stderr
+    assert (previous / "dataset.json").read_text() == "{\"old\": true}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--input", "{root}/../nowhere"], "does not exist"),
+        (["--input", "{root}", "--params", "{work}/bad.yaml"], "unknown key preprocess.sequence_lenght"),
+        (["--input", "{root}", "--params", "{work}/neg.yaml"], "preprocess.sequence_length must be a positive integer"),
+        (["--input", "{root}", "--params", "{work}/type.yaml"], "preprocess.fps must be a number"),
+    ],
+)
+def test_bad_arguments_stop_before_any_work(dataset, tmp_path, args, message):
+    root = dataset[0]
+    (tmp_path / "bad.yaml").write_text("preprocess: {sequence_lenght: 8}\n")
+    (tmp_path / "neg.yaml").write_text("preprocess: {sequence_length: -8}\n")
+    (tmp_path / "type.yaml").write_text("preprocess: {fps: fast}\n")
+    argv = [a.format(root=root, work=tmp_path) for a in args] + ["--output", str(tmp_path / "out")]
+    if "--params" not in argv:
+        argv += ["--params", str(write_params(tmp_path))]
+    result = run_job(*argv, cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "out").exists() and not glob.glob(str(tmp_path / "out.staging-*"))
+
+
+def test_unreadable_file_is_recorded(dataset, tmp_path, monkeypatch):
+    """In-process run where one file cannot be opened (as root, chmod cannot make a file unreadable)."""
+    root = dataset[0]
+    from apache_beam.io.filesystems import FileSystems
+
+    real_open = FileSystems.open
+    target = str(root / "down" / "v_down_g00_c01.mp4")
+
+    def guarded_open(path, *args, **kwargs):
+        if path == target:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(guarded_open))
+    code = build.main(["--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path))])
+    assert code == 0
+    errors = {e["path"]: e for e in map(json.loads, (tmp_path / "out" / "errors.jsonl").read_text().splitlines())}
+    assert errors["down/v_down_g00_c01.mp4"]["stage"] == "open"
+    assert "Permission denied" in errors["down/v_down_g00_c01.mp4"]["reason"]
+
+
+def test_multi_processing_direct_runner(dataset, job, tmp_path):
+    out, _ = job
+    root = dataset[0]
+    params = write_params(tmp_path)
+    result = run_job(
+        "--input", str(root), "--output", str(tmp_path / "mp"), "--params", str(params),
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "mp" / "dataset.json").read_text() == (out / "dataset.json").read_text()
+
+
+def test_rerun_replaces_previous_output(dataset, tmp_path):
+    root = dataset[0]
+    out = tmp_path / "records"
+    out.mkdir()
+    (out / "stale-00000-of-00001.tfrecord").write_bytes(b"old")
+    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (out / "stale-00000-of-00001.tfrecord").exists()
+    assert (out / "dataset.json").exists()

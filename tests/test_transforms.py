@@ -1,0 +1,125 @@
+"""Tests for pipeline.transforms: each PTransform with TestPipeline + assert_that."""
+
+import glob
+import json
+import os
+
+import apache_beam as beam
+import pytest
+import tfrecord_lite
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to, is_empty
+from videos import write_bad_files, write_tiny_video
+
+from pipeline import records, transforms
+from pipeline.config import PreprocessConfig
+from pipeline.sources import VideoItem
+
+CFG = PreprocessConfig(sequence_length=4, height=16, width=16, fps=8.0, clips_per_video=2, short_video="skip")
+CLASSES = ("left", "right")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    good = [
+        write_tiny_video(root / "left" / "a.mp4", seconds=1.5, dx=-1),
+        write_tiny_video(root / "right" / "b.avi", seconds=1.0, dx=1),
+        write_tiny_video(root / "right" / "c.webm", seconds=2.0, dx=1),
+    ]
+    short = write_tiny_video(root / "left" / "short.mp4", seconds=0.25)
+    bad = write_bad_files(root / "left", good[0])
+    return root, good, short, bad
+
+
+def _item(root, path, split="train"):
+    rel = os.path.relpath(path, root).replace(os.sep, "/")
+    return VideoItem(path=str(path), video_id=rel, label=rel.split("/")[0], group=rel, split=split)
+
+
+def test_decode_clips_outputs_and_dead_letters(videos):
+    root, good, short, bad = videos
+    items = [_item(root, p, split) for p, split in zip(good, ["train", "val", "test"])]
+    items.append(_item(root, short))
+    items += [_item(root, root / "left" / name) for name in bad]
+    with TestPipeline() as p:
+        decoded = p | beam.Create(items) | transforms.DecodeClips(CFG, CLASSES)
+        clip_ids = decoded.clips | "Ids" >> beam.MapTuple(
+            lambda split, rec: (split, records.decode_clip(rec)["video_id"], len(records.decode_clip(rec)["frames"]))
+        )
+        assert_that(
+            clip_ids,
+            equal_to([("train", "left/a.mp4", 4)] * 2 + [("val", "right/b.avi", 4)] * 2 + [("test", "right/c.webm", 4)] * 2),
+            label="clips",
+        )
+        assert_that(
+            decoded[transforms.VIDEOS_TAG],
+            equal_to([("train", 2), ("val", 2), ("test", 2)]),
+            label="videos",
+        )
+        failed = decoded[transforms.ERRORS_TAG] | beam.Map(lambda e: e["path"].split("/")[-1])
+        assert_that(failed, equal_to(["short.mp4", *bad]), label="errors")
+
+
+def test_dead_letters_say_why(videos):
+    root, good, short, bad = videos
+    fn = transforms.DecodeVideoFn(CFG, CLASSES)
+    reasons = {}
+    for name in ["short.mp4", *bad]:
+        (out,) = list(fn.process(_item(root, root / "left" / name)))
+        assert out.tag == transforms.ERRORS_TAG
+        reasons[name] = out.value
+    assert reasons["short.mp4"]["stage"] == "sample" and "short_video=skip" in reasons["short.mp4"]["reason"]
+    assert reasons["audio_only.mkv"]["stage"] == "probe" and "video stream" in reasons["audio_only.mkv"]["reason"]
+    for error in reasons.values():
+        assert set(error) == {"path", "reason", "stage"} and error["reason"] and "\n" not in error["reason"]
+
+
+def test_write_clips_shards_by_size_and_reads_back(tmp_path):
+    payloads = [records.encode_clip([bytes([i]) * 3000] * 4, i % 2, CLASSES[i % 2], f"v{i}", [0, 1, 2, 3], [0, 0.1, 0.2, 0.3]) for i in range(12)]
+    cfg = PreprocessConfig(sequence_length=4, shard_size_mb=0.02)  # ~20 KB shards, records are ~12 KB
+    with TestPipeline() as p:
+        _ = p | beam.Create(payloads) | transforms.WriteClips(str(tmp_path), "train", cfg)
+    shards = sorted(glob.glob(str(tmp_path / records.shard_pattern("train"))))
+    assert len(shards) >= 3
+    count = len(shards)
+    assert [os.path.basename(s) for s in shards] == [records.shard_name("train", i, count) for i in range(count)]
+    back = [r for s in shards for r in tfrecord_lite.tf_record_iterator(s)]
+    assert sorted(r["video_id"][0].decode() for r in back) == sorted(f"v{i}" for i in range(12))
+
+
+def test_write_clips_gzip(tmp_path):
+    import tensorflow as tf
+
+    payload = records.encode_clip([b"x"] * 4, 0, "left", "v", [0, 1, 2, 3], [0, 0.1, 0.2, 0.3])
+    cfg = PreprocessConfig(sequence_length=4, compression="gzip")
+    with TestPipeline() as p:
+        _ = p | beam.Create([payload] * 3) | transforms.WriteClips(str(tmp_path), "val", cfg)
+    shards = glob.glob(str(tmp_path / records.shard_pattern("val", compressed=True)))
+    assert shards
+    ds = tf.data.TFRecordDataset(shards, compression_type="GZIP")
+    assert [bytes(x.numpy()) for x in ds] == [payload] * 3
+
+
+def test_write_errors_and_stats(tmp_path):
+    errors = [transforms.error_record("b.mp4", "bad\nthing", "decode"), transforms.error_record("a.mp4", "x", "open")]
+    with TestPipeline() as p:
+        _ = p | "E" >> beam.Create(errors) | transforms.WriteErrors(str(tmp_path))
+        _ = p | "S" >> beam.Create([("train", 3), ("train", 2), ("test", 1)]) | transforms.WriteStats(str(tmp_path))
+    lines = (tmp_path / records.ERRORS_JSONL).read_text().splitlines()
+    assert sorted(json.loads(line)["path"] for line in lines) == ["a.mp4", "b.mp4"]
+    assert {"path": "b.mp4", "reason": "bad thing", "stage": "decode"} in [json.loads(x) for x in lines]
+    assert transforms.read_stats(str(tmp_path)) == {
+        "train": {"clips": 5, "videos": 2},
+        "val": {"clips": 0, "videos": 0},
+        "test": {"clips": 1, "videos": 1},
+    }
+
+
+def test_empty_inputs_write_empty_files(tmp_path):
+    with TestPipeline() as p:
+        _ = p | "E" >> beam.Create([]) | transforms.WriteErrors(str(tmp_path))
+        empty = p | "N" >> beam.Create([])
+        assert_that(empty, is_empty())
+    assert (tmp_path / records.ERRORS_JSONL).read_text() == ""
+    assert transforms.read_errors(str(tmp_path)) == []
