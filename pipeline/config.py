@@ -188,7 +188,7 @@ class PreprocessConfig:
     frame_encoding: Literal["jpeg", "png"] = "jpeg"
     jpeg_quality: int = 90
     splits: Mapping[str, float] = dataclasses.field(
-        default_factory=lambda: {"train": 0.65, "val": 0.15, "test": 0.2}
+        default_factory=lambda: {"train": 0.6, "val": 0.15, "test": 0.25}
     )
     split_salt: str = "vidseq"
     shard_size_mb: float = 64.0

@@ -153,7 +153,10 @@ def decode_clip(serialized: bytes) -> dict[str, Any]:
     """
     import tfrecord_lite  # local import: only readers that need it pay for it
 
-    raw = tfrecord_lite.decode_example(serialized)
+    try:
+        raw = tfrecord_lite.decode_example(serialized)
+    except (RuntimeError, ValueError) as exc:
+        raise ContractError(f"record is not a tf.train.Example: {exc}") from exc
     missing = [k for k in FEATURE_KEYS if k not in raw]
     if missing:
         raise ContractError(f"record lacks feature(s) {missing}; expected keys {list(FEATURE_KEYS)}")

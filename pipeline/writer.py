@@ -38,24 +38,34 @@ def write_video(
             sizes are padded by one row/column of edge pixels.
         fps: frame rate (may be fractional, e.g. 29.97).
         ext: one of :data:`FORMATS` (mp4, avi, webm, mkv, mov).
-        rotation: display rotation in degrees to store as metadata (mp4/mov only).
+        rotation: clockwise degrees (a multiple of 90) that a player turns the stored
+            frames by to show them upright, stored as the stream's display matrix: what a
+            phone writes for a portrait video kept in landscape (``rotate=90``). Reading
+            back, ``VideoFrame.rotation`` is its negative (counter-clockwise). Not for avi,
+            which has no place for it.
 
     Returns:
         The number of frames written.
 
     Raises:
-        ValueError: for an unknown ``ext`` or frames of the wrong shape.
+        ValueError: for an unknown ``ext``, frames of the wrong shape or a rotation that
+            the container cannot store.
     """
     if ext not in FORMATS:
         raise ValueError(f"unknown video extension {ext!r}: use one of {sorted(FORMATS)}")
+    if rotation and (ext == "avi" or rotation % 90):
+        raise ValueError(f"rotation {rotation} cannot be stored in {ext}: use a multiple of 90 and mp4/mov/mkv/webm")
     container_format, codec, pix_fmt, options = FORMATS[ext]
     rate = Fraction(fps).limit_denominator(1001)
     count = 0
-    with av.open(target, mode="w", format=container_format) as container:
+    # bitexact: no random container ids, so the same frames give the same bytes (stable DVC hashes)
+    with av.open(target, mode="w", format=container_format, options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=rate, options=dict(options))
         stream.pix_fmt = pix_fmt
         if rotation:
-            stream.metadata["rotate"] = str(rotation)
+            # The display matrix is coded side data; PyAV 18 writes it (a "rotate" metadata
+            # tag is ignored by FFmpeg 7's muxers). PyAV's angle is counter-clockwise.
+            stream.set_display_rotation(-rotation)
         for frame in frames:
             if frame.ndim != 3 or frame.shape[2] != 3:
                 raise ValueError(f"frames must be (H, W, 3) RGB arrays, got shape {frame.shape}")

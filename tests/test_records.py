@@ -77,6 +77,11 @@ def test_decode_names_missing_keys():
         records.decode_clip(records._example({"frames": records._bytes_feature([b"x"])}))
 
 
+def test_decode_garbage_is_a_contract_error():
+    with pytest.raises(ContractError, match="not a tf.train.Example"):
+        records.decode_clip(b"\xff\x00garbage")
+
+
 def test_shard_names():
     assert records.shard_name("train", 3, 12) == "train-00003-of-00012.tfrecord"
     assert records.shard_name("val", 0, 1, compressed=True) == "val-00000-of-00001.tfrecord.gz"

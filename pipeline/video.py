@@ -1,0 +1,478 @@
+"""PyAV video decoding: probe a video and stream its fixed-length clips as encoded frames.
+
+:func:`iter_clips` is what the Beam job and ``training.predict`` call. It decodes every frame
+of the video once, in order, with FFmpeg's threaded decoder, and keeps only what a clip still
+needs:
+
+1. the duration comes from the stream or container metadata, or from a demux-only pass over
+   the packets when the metadata has none; :mod:`pipeline.clips` plans the clips from it;
+2. each planned target time ``t`` is served by the source frame on screen at ``t`` (the last
+   frame whose time is ``<= t``, within a tolerance so that equal rates map one to one;
+   targets before the first frame take the first frame, those after the last frame the last);
+3. a frame that serves no target is dropped without any conversion; a frame that serves
+   one or more is converted once (swscale: colour conversion + scale in one C pass, then an
+   ndarray rotation for the display matrix, a centre crop or a letterbox pad) and encoded
+   once; overlapping clips share the encoded bytes;
+4. each clip is yielded as soon as its last frame is ready, so memory stays bounded however
+   long the video is.
+
+Bad input raises :class:`VideoError` (``reason``, ``stage``), never a PyAV exception. An error
+met part way through the stream is raised when it is met: the clips yielded before it are
+complete and correct, the caller decides whether to keep them (``list(iter_clips(...))``
+gives all-or-nothing). A stream that ends well before the duration its metadata states
+(a truncated file) is such an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from typing import Any, BinaryIO, Union
+
+import av
+import numpy as np
+
+from pipeline import clips as clip_sampling
+from pipeline.config import PreprocessConfig
+from pipeline.frames import FrameConverter, decode_image, display_size, encode_image
+
+__all__ = ["EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe"]
+
+log = logging.getLogger(__name__)
+
+Source = Union[str, "os.PathLike[str]", BinaryIO]
+STAGES = ("open", "probe", "decode", "sample", "timeout")
+
+# A frame at time f serves target t when f <= t + tolerance; the tolerance absorbs time-base
+# rounding (Matroska stores milliseconds: the 3rd frame at 30 fps is at 0.067 s, not 0.0667 s),
+# capped at a quarter of a source frame so a frame never serves a time before it really starts.
+_TIME_TOLERANCE_S = 1e-3
+# A stream whose last frame comes this much before a planned time is reported as truncated.
+_TRUNCATION_SLACK_S = 0.25
+
+
+class VideoError(Exception):
+    """A video that cannot be turned into clips.
+
+    Attributes:
+        reason: one line naming the problem, e.g. ``no video stream (streams: audio)``.
+        stage: where it failed: ``open``, ``probe``, ``decode``, ``sample`` or ``timeout``.
+    """
+
+    def __init__(self, reason: str, stage: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.stage = stage
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across Beam workers
+        return (type(self), (self.reason, self.stage))
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe` finds out about a video.
+
+    Attributes:
+        duration_s: duration of the video stream in seconds.
+        fps: average frame rate, or ``None`` if the file does not state one.
+        width: display width in pixels, after rotation (a portrait phone video is narrow).
+        height: display height in pixels, after rotation.
+        rotation: counter-clockwise degrees that the display matrix rotates stored frames by.
+        frame_count: number of frames if the container states it, else ``None``.
+        codec: FFmpeg's decoder name, e.g. ``h264``.
+    """
+
+    duration_s: float
+    fps: float | None
+    width: int
+    height: int
+    rotation: int
+    frame_count: int | None
+    codec: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedClip:
+    """One clip, ready for :func:`pipeline.records.encode_clip`.
+
+    Attributes:
+        index: position of the clip among the video's clips, in time order.
+        frames: T encoded images (JPEG or PNG), each H×W×3 RGB.
+        frame_indices: source frame number (0-based, decode order) of each frame.
+        timestamps: source time in seconds of each frame, relative to the stream start.
+    """
+
+    index: int
+    frames: tuple[bytes, ...]
+    frame_indices: tuple[int, ...]
+    timestamps: tuple[float, ...]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def probe(source: Source, name: str = "") -> VideoInfo:
+    """Reads a video's duration, rate, size, rotation, frame count and codec.
+
+    Decodes at most the first frame (for the rotation); a demux-only pass finds the duration
+    of files whose metadata lacks it.
+
+    Raises:
+        VideoError: if the file is not a readable video.
+    """
+    with _open_video(source, name, _Deadline(None), threads=0) as (container, stream, duration):
+        with _errors("decode"):
+            first = next(container.decode(stream), None)
+        if first is None:
+            raise VideoError("the video stream holds no decodable frame", "decode")
+        rotation = first.rotation
+        width, height = display_size(first.width, first.height, rotation, _aspect(stream))
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            duration_s=duration,
+            fps=float(rate) if rate else None,
+            width=width,
+            height=height,
+            rotation=rotation,
+            frame_count=stream.frames or None,
+            codec=stream.codec_context.name,
+        )
+
+
+def iter_clips(
+    source: Source, cfg: PreprocessConfig, *, name: str = "", timeout_s: float | None = None
+) -> Iterator[EncodedClip]:
+    """Decodes a video once and yields its clips, each as soon as it is complete.
+
+    Args:
+        source: a local path or a readable binary file object (seekable for most formats).
+        cfg: the ``preprocess`` parameters (sampling, size, resize mode, encoding, threads).
+        name: how to name the video in log messages.
+        timeout_s: time limit for the whole video, checked per packet, per frame and in
+            every read of a file object; ``None`` for no limit.
+
+    Yields:
+        :class:`EncodedClip` objects in time order.
+
+    Raises:
+        VideoError: for a file that is not a video, has no video stream, breaks while
+            decoding, is too short with ``short_video=skip``, or takes too long.
+    """
+    deadline = _Deadline(timeout_s)
+    with _open_video(source, name, deadline, cfg.decode_threads) as (container, stream, duration):
+        try:
+            plans = clip_sampling.plan_from_config(duration, cfg)
+        except clip_sampling.SamplingError as exc:
+            raise VideoError(str(exc), "sample") from exc
+        log.debug("%s: %.2f s, %d clip(s) planned", name, duration, len(plans))
+        yield from _decode_clips(container, stream, plans, cfg, deadline, duration)
+
+
+def iter_clip_arrays(
+    source: Source, cfg: PreprocessConfig, *, name: str = "", timeout_s: float | None = None
+) -> Iterator[tuple[EncodedClip, np.ndarray]]:
+    """Like :func:`iter_clips`, with each clip's frames decoded back into a (T, H, W, 3) array.
+
+    The arrays are decoded from the encoded frames, so a model sees exactly what training saw.
+    """
+    previous: dict[int, np.ndarray] = {}  # source frame index -> array, of the last clip only
+    for clip in iter_clips(source, cfg, name=name, timeout_s=timeout_s):
+        current: dict[int, np.ndarray] = {}
+        for index, data in zip(clip.frame_indices, clip.frames):
+            if index not in current:
+                current[index] = previous[index] if index in previous else decode_image(data)
+        previous = current
+        yield clip, np.stack([current[index] for index in clip.frame_indices])
+
+
+# --------------------------------------------------------------------------- opening
+
+
+class _Deadline:
+    """A wall-clock limit; ``check()`` raises ``VideoError(stage="timeout")`` once it has passed."""
+
+    def __init__(self, timeout_s: float | None):
+        self.timeout_s = timeout_s
+        self.at = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def check(self) -> None:
+        if self.at is not None and time.monotonic() > self.at:
+            raise VideoError(
+                f"decoding took longer than {self.timeout_s:g} s (preprocess.video_timeout_s)", "timeout"
+            )
+
+
+class _DeadlineReader:
+    """A read-only view of a file object whose ``read`` checks a deadline before and after."""
+
+    def __init__(self, raw: BinaryIO, deadline: _Deadline):
+        self._raw = raw
+        self._deadline = deadline
+
+    def read(self, size: int = -1) -> bytes:
+        self._deadline.check()
+        data = self._raw.read(size)
+        self._deadline.check()
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seekable(self) -> bool:
+        seekable = getattr(self._raw, "seekable", None)
+        return True if seekable is None else bool(seekable())
+
+
+@contextlib.contextmanager
+def _errors(stage: str) -> Iterator[None]:
+    """Turns PyAV/FFmpeg exceptions raised inside the block into ``VideoError(stage)``."""
+    try:
+        yield
+    except av.FFmpegError as exc:
+        what = {"open": "not a readable video file", "probe": "cannot read the video stream"}
+        detail = exc.strerror or str(exc)
+        raise VideoError(f"{what.get(stage, 'decoding failed')}: {detail}", stage) from exc
+
+
+@contextlib.contextmanager
+def _open_video(
+    source: Source, name: str, deadline: _Deadline, threads: int
+) -> Iterator[tuple[Any, Any, float]]:
+    """Opens ``source`` and yields ``(container, video stream, duration in seconds)``."""
+    if isinstance(source, (str, os.PathLike)):
+        target: Any = os.fspath(source)
+        start = None
+    else:
+        target = _DeadlineReader(source, deadline)
+        start = source.tell() if target.seekable() else None
+    container = _open_container(target)
+    try:
+        stream = _video_stream(container)
+        duration = _metadata_duration(container, stream)
+        if duration is None:
+            log.debug("%s: no duration in the metadata, scanning packets", name)
+            with _errors("probe"):
+                duration = _scan_duration(container, stream, deadline)
+            container.close()
+            if start is not None:
+                source.seek(start)  # type: ignore[union-attr]
+            container = _open_container(target)
+            stream = _video_stream(container)
+        context = stream.codec_context
+        context.thread_type = "AUTO"
+        if threads:
+            context.thread_count = threads
+        yield container, stream, duration
+    finally:
+        container.close()
+
+
+def _open_container(target: Any) -> Any:
+    with _errors("open"):
+        return av.open(target, mode="r", metadata_errors="replace")
+
+
+def _video_stream(container: Any) -> Any:
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        raise VideoError(f"no video stream (streams: {', '.join(kinds) or 'none'})", "probe")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoError(f"no decoder for the video codec (id {stream.codec_id})", "probe")
+    return stream
+
+
+def _metadata_duration(container: Any, stream: Any) -> float | None:
+    """The video stream's duration from the metadata, or ``None`` when it is not stated."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # Matroska/WebM: per-stream "HH:MM:SS.nnnnnnnnn"
+    if tag:
+        with contextlib.suppress(ValueError):
+            hours, minutes, seconds = tag.split(":")
+            duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            if duration > 0:
+                return duration
+    if container.duration and len(container.streams) == 1:  # another stream may outlast video
+        return container.duration / av.time_base
+    return None
+
+
+def _scan_duration(container: Any, stream: Any, deadline: _Deadline) -> float:
+    """The video stream's duration from a demux-only pass over its packets (no decoding)."""
+    rate = stream.average_rate or stream.guessed_rate
+    default_step = int(1 / (rate * stream.time_base)) if rate else 0
+    first = last_end = None
+    for packet in container.demux(stream):
+        deadline.check()
+        if packet.pts is None:
+            continue
+        end = packet.pts + (packet.duration or default_step)
+        first = packet.pts if first is None else min(first, packet.pts)
+        last_end = end if last_end is None else max(last_end, end)
+    if last_end is None:
+        raise VideoError("the video stream has no timestamped packets", "probe")
+    start = stream.start_time if stream.start_time is not None else first
+    return float((last_end - start) * stream.time_base)
+
+
+def _aspect(stream: Any) -> Fraction:
+    sar = stream.codec_context.sample_aspect_ratio
+    return Fraction(sar) if sar else Fraction(1)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _ClipAssembler:
+    """Fills the planned clips with encoded frames as the stream goes by, in time order.
+
+    Target times are sorted once; each gets a threshold in the stream's pts units
+    (``start + (t + tolerance) / time_base``), so that the per-frame test in the decode loop
+    is one integer/float comparison.
+    """
+
+    def __init__(self, plans: list[clip_sampling.ClipPlan], start_pts: int, time_base: Fraction, tolerance_s: float):
+        self.times = sorted({t for plan in plans for t in plan.times})
+        position = {t: j for j, t in enumerate(self.times)}
+        self._users: list[list[tuple[int, int]]] = [[] for _ in self.times]  # (clip, slot)
+        for plan in plans:
+            for slot, t in enumerate(plan.times):
+                self._users[position[t]].append((plan.index, slot))
+        self._length = {plan.index: len(plan.times) for plan in plans}
+        self._clips: dict[int, _PartialClip] = {}  # created at a clip's first frame: memory follows the stream
+        self._start = start_pts
+        self._time_base = float(time_base)
+        self._thresholds = [start_pts + (t + tolerance_s) / self._time_base for t in self.times]
+        self._thresholds.append(math.inf)
+        self.next = 0  # first target not yet served
+        self._last: tuple[int, bytes] | None = None  # (frame index, encoded): a frame is encoded once
+        self.encoded = 0
+
+    @property
+    def threshold(self) -> float:
+        """Pts above which a frame comes after the next unserved target."""
+        return self._thresholds[self.next]
+
+    @property
+    def finished(self) -> bool:
+        return self.next == len(self.times)
+
+    def seconds(self, pts: int) -> float:
+        return (pts - self._start) * self._time_base
+
+    def serve(
+        self, frame: av.VideoFrame, frame_index: int, pts: int, until: float, encoder: Callable[[av.VideoFrame], bytes]
+    ) -> list[EncodedClip]:
+        """Gives ``frame`` every unserved target whose threshold is below ``until``.
+
+        Returns:
+            The clips this completed, in index order.
+        """
+        done = []
+        stamp = self.seconds(pts)
+        data = None
+        while self._thresholds[self.next] < until:
+            if data is None:
+                if self._last is not None and self._last[0] == frame_index:
+                    data = self._last[1]
+                else:
+                    data = encoder(frame)
+                    self._last = (frame_index, data)
+                    self.encoded += 1
+            for clip_index, slot in self._users[self.next]:
+                clip = self._clips.get(clip_index) or self._clips.setdefault(
+                    clip_index, _PartialClip(self._length[clip_index])
+                )
+                if clip.fill(slot, data, frame_index, stamp):
+                    done.append(clip.finish(clip_index))
+                    del self._clips[clip_index]
+            self._users[self.next] = []
+            self.next += 1
+        return sorted(done, key=lambda c: c.index)
+
+
+class _PartialClip:
+    __slots__ = ("frames", "indices", "stamps", "missing")
+
+    def __init__(self, length: int):
+        self.frames: list[bytes] = [b""] * length
+        self.indices = [0] * length
+        self.stamps = [0.0] * length
+        self.missing = length
+
+    def fill(self, slot: int, data: bytes, frame_index: int, stamp: float) -> bool:
+        """Fills one slot; True when the clip is complete."""
+        self.frames[slot], self.indices[slot], self.stamps[slot] = data, frame_index, stamp
+        self.missing -= 1
+        return self.missing == 0
+
+    def finish(self, index: int) -> EncodedClip:
+        return EncodedClip(index, tuple(self.frames), tuple(self.indices), tuple(self.stamps))
+
+
+def _decode_clips(
+    container: Any,
+    stream: Any,
+    plans: list[clip_sampling.ClipPlan],
+    cfg: PreprocessConfig,
+    deadline: _Deadline,
+    duration: float,
+) -> Iterator[EncodedClip]:
+    """The decode loop: every frame once, in order; only served frames are converted."""
+    rate = stream.average_rate or stream.guessed_rate
+    tolerance = min(_TIME_TOLERANCE_S, 0.25 / float(rate)) if rate else _TIME_TOLERANCE_S
+    step = max(1, round(1 / (rate * stream.time_base))) if rate else 1  # for frames without pts
+    converter = FrameConverter(cfg.height, cfg.width, cfg.resize, _aspect(stream))
+
+    def encoder(frame: av.VideoFrame) -> bytes:
+        return encode_image(converter.convert(frame), cfg.frame_encoding, cfg.jpeg_quality)
+
+    assembler: _ClipAssembler | None = None
+    threshold = math.inf
+    held: av.VideoFrame | None = None  # the last frame: it serves targets until the next one starts
+    held_pts = held_index = 0
+    count = 0
+    with _errors("decode"):
+        for packet in container.demux(stream):
+            deadline.check()
+            for frame in packet.decode():
+                deadline.check()
+                pts = frame.pts
+                if pts is None:
+                    pts = held_pts + step if held is not None else 0
+                if assembler is None:
+                    start = stream.start_time if stream.start_time is not None else pts
+                    assembler = _ClipAssembler(plans, start, stream.time_base, tolerance)
+                    threshold = assembler.threshold
+                if pts > threshold:  # the held frame serves every target before this one
+                    if held is None:  # targets before the first frame take the first frame
+                        held, held_pts, held_index = frame, pts, count
+                    yield from assembler.serve(held, held_index, held_pts, pts, encoder)
+                    if assembler.finished:
+                        log.debug("%d frame(s) decoded, %d encoded", count + 1, assembler.encoded)
+                        return
+                    threshold = assembler.threshold
+                held, held_pts, held_index = frame, pts, count
+                count += 1
+    if held is None or assembler is None:
+        raise VideoError("the video stream holds no decodable frame", "decode")
+    end = assembler.seconds(held_pts)
+    slack = _TRUNCATION_SLACK_S + (2 / float(rate) if rate else 0.0)
+    if assembler.times[-1] > end + slack:
+        raise VideoError(
+            f"the stream ends at {end:.2f} s but its metadata says {duration:.2f} s: truncated or corrupt file",
+            "decode",
+        )
+    yield from assembler.serve(held, held_index, held_pts, math.inf, encoder)
+    log.debug("%d frame(s) decoded, %d encoded", count, assembler.encoded)
