@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 NAMESPACE = "vidseq"
 ERRORS_TAG = "errors"
 VIDEOS_TAG = "videos"
+CRASHED_TAG = "crashed"
 STATS_FILE = "stats.jsonl"
 
 
@@ -99,7 +100,13 @@ class DecodeVideoFn(beam.DoFn):
 
 
 class DecodeClips(beam.PTransform):
-    """``VideoItem`` s -> ``clips``: (split, record), ``videos``: (split, clip count), ``errors``: dicts."""
+    """``VideoItem`` s -> a dict of PCollections.
+
+    ``clips``: (split, record bytes); ``videos``: (split, clip count) per decoded video;
+    ``errors``: ``{path, reason, stage}`` per video without clips, including videos whose
+    decoding raised something unexpected (Beam's ``with_exception_handling`` dead letters,
+    stage ``crash``), so one bad file never fails the job.
+    """
 
     def __init__(self, cfg: PreprocessConfig, classes: Sequence[str]):
         super().__init__()
@@ -107,11 +114,26 @@ class DecodeClips(beam.PTransform):
         self._classes = tuple(classes)
 
     def expand(self, videos):
-        return (
+        decoded = (
             videos
             | "SpreadVideos" >> beam.Reshuffle()
-            | "Decode" >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes)).with_outputs(ERRORS_TAG, VIDEOS_TAG, main="clips")
+            | "Decode"
+            >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes))
+            .with_outputs(ERRORS_TAG, VIDEOS_TAG, main="clips")
+            .with_exception_handling(dead_letter_tag=CRASHED_TAG)  # a bug or library failure on one video
         )
+        crashed = decoded[CRASHED_TAG] | "CrashReports" >> beam.MapTuple(_crash_record)
+        errors = (decoded[ERRORS_TAG], crashed) | "AllDecodeErrors" >> beam.Flatten()
+        return {"clips": decoded["clips"], VIDEOS_TAG: decoded[VIDEOS_TAG], ERRORS_TAG: errors}
+
+
+def _crash_record(item: VideoItem, error) -> dict:
+    """Beam's dead letter ``(input, (exception type, message, traceback))`` as an errors.jsonl line."""
+    Metrics.counter(NAMESPACE, "videos_failed").inc()
+    Metrics.counter(NAMESPACE, "videos_failed_crash").inc()
+    message = error[1]  # repr of the exception, e.g. ZeroDivisionError('...')
+    logger.error("%s: unexpected error %s\n%s", item.video_id, message, error[2] if len(error) > 2 else "")
+    return error_record(item.video_id, f"unexpected error: {message}", "crash")
 
 
 class _TFRecordShardSink(filebasedsink.FileBasedSink):
@@ -222,7 +244,7 @@ def build(
     """Adds the whole preprocessing graph to ``pipeline``, writing into ``output_dir``."""
     videos = pipeline | "ListVideos" >> beam.Create(list(items), reshuffle=False)
     decoded = videos | "DecodeClips" >> DecodeClips(cfg, classes)
-    by_split = decoded.clips | "BySplit" >> beam.Partition(lambda kv, _: records.SPLITS.index(kv[0]), len(records.SPLITS))
+    by_split = decoded["clips"] | "BySplit" >> beam.Partition(lambda kv, _: records.SPLITS.index(kv[0]), len(records.SPLITS))
     for split, split_clips in zip(records.SPLITS, by_split):
         (
             split_clips

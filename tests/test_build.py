@@ -223,3 +223,22 @@ def test_rerun_replaces_previous_output(dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (out / "stale-00000-of-00001.tfrecord").exists()
     assert (out / "dataset.json").exists()
+
+
+def test_manifest_input_with_missing_row(dataset, tmp_path):
+    root = dataset[0]
+    manifest = root / "manifest.csv"
+    rows = ["path,label,group", "left/v_left_g00_c01.mp4,west,s1", "right/v_right_g00_c01.mp4,east,s1",
+            "right/v_right_g01_c01.avi,east,s2", "right/gone.mp4,east,s3"]
+    manifest.write_text("\n".join(rows) + "\n")
+    try:
+        result = run_job("--input", str(manifest), "--output", str(tmp_path / "out"),
+                         "--params", str(write_params(tmp_path, max_error_fraction=0.3)), cwd=tmp_path)
+    finally:
+        manifest.unlink()
+    assert result.returncode == 0, result.stderr
+    spec = records.read_spec(str(tmp_path / "out"))
+    assert spec.classes == ("east", "west")
+    (error,) = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert error["path"] == "right/gone.mp4" and error["stage"] == "list"
+    assert "4 videos → 6 clips" in result.stdout

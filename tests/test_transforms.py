@@ -44,7 +44,7 @@ def test_decode_clips_outputs_and_dead_letters(videos):
     items += [_item(root, root / "left" / name) for name in bad]
     with TestPipeline() as p:
         decoded = p | beam.Create(items) | transforms.DecodeClips(CFG, CLASSES)
-        clip_ids = decoded.clips | "Ids" >> beam.MapTuple(
+        clip_ids = decoded["clips"] | "Ids" >> beam.MapTuple(
             lambda split, rec: (split, records.decode_clip(rec)["video_id"], len(records.decode_clip(rec)["frames"]))
         )
         assert_that(
@@ -125,3 +125,26 @@ def test_empty_inputs_write_no_files(tmp_path):
     assert not list(tmp_path.iterdir())
     assert transforms.read_errors(str(tmp_path)) == []
     assert transforms.read_stats(str(tmp_path))["test"] == {"clips": 0, "videos": 0}
+
+
+def test_unexpected_exception_becomes_a_dead_letter(videos, monkeypatch):
+    root, good, short, bad = videos
+    from pipeline import video
+
+    real = video.iter_clips
+
+    def flaky(source, cfg, *, name="", timeout_s=None):
+        if name.endswith("b.avi"):
+            raise ZeroDivisionError("a bug in a library")
+        return real(source, cfg, name=name, timeout_s=timeout_s)
+
+    monkeypatch.setattr(video, "iter_clips", flaky)
+    items = [_item(root, good[0]), _item(root, good[1])]
+    with TestPipeline() as p:
+        decoded = p | beam.Create(items) | transforms.DecodeClips(CFG, CLASSES)
+        assert_that(decoded[transforms.VIDEOS_TAG], equal_to([("train", 2)]), label="videos")
+        assert_that(
+            decoded[transforms.ERRORS_TAG],
+            equal_to([{"path": "right/b.avi", "reason": "unexpected error: ZeroDivisionError('a bug in a library')", "stage": "crash"}]),
+            label="errors",
+        )
