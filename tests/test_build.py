@@ -242,3 +242,19 @@ def test_manifest_input_with_missing_row(dataset, tmp_path):
     (error,) = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
     assert error["path"] == "right/gone.mp4" and error["stage"] == "list"
     assert "4 videos → 6 clips" in result.stdout
+
+
+def test_interrupted_run_keeps_previous_output_and_cleans_staging(dataset, tmp_path, monkeypatch):
+    root = dataset[0]
+    out = tmp_path / "records"
+    out.mkdir()
+    (out / "dataset.json").write_text("previous")
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build.transforms, "read_stats", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build.main(["--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path))])
+    assert (out / "dataset.json").read_text() == "previous"
+    assert not glob.glob(str(out) + ".staging-*")
