@@ -22,12 +22,13 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m training.summary
 
+# The MLflow UI on the store the stages log to (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).
 ui: install
-	$(BIN)/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri sqlite:///mlflow.db
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
 
 bench: install
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/train.py
 
 clean:
-	rm -rf data/records data/raw models reports mlruns mlflow.db
+	rm -rf data/records data/demo models reports mlruns mlflow.db  # never data/raw: your own videos may live there

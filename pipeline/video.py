@@ -180,7 +180,9 @@ def iter_clip_arrays(
 ) -> Iterator[tuple[EncodedClip, np.ndarray]]:
     """Like :func:`iter_clips`, with each clip's frames decoded back into a (T, H, W, 3) array.
 
-    The arrays are decoded from the encoded frames, so a model sees exactly what training saw.
+    The arrays are decoded from the encoded frames with Pillow, for looking at clips without
+    TensorFlow. JPEG decoders differ by a few levels, so code that feeds a model (predict,
+    serving) decodes with training's own parser instead (``training.data.parse_clip``).
     """
     previous: dict[int, np.ndarray] = {}  # source frame index -> array, of the last clip only
     for clip in iter_clips(source, cfg, name=name, timeout_s=timeout_s):

@@ -1,0 +1,155 @@
+"""The CNN-LSTM video classifier: ``TimeDistributed(frame CNN) -> LSTM/GRU -> Dense(softmax)``.
+
+Input ``(batch, T, H, W, C)`` float frames in [0, 1]; output class probabilities. Before the
+CNN, built-in layers may turn the frames into what changes between them
+(``model.temporal_input``): the frame differences cancel a static background, which lets a
+small CNN trained on a few hundred clips find the motion instead of memorising scenes. The clip
+shape and the class count come from ``dataset.json`` (:class:`DatasetSpec`), never from a
+second place, so the model always matches the records it is built for.
+
+The model file holds only the model and :func:`build_tiny_model`, a variant used for
+testing only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+from pipeline.records import DatasetSpec
+
+from training.config import ModelConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+TINY = ModelConfig(
+    temporal_input="difference",
+    with_frames=True,
+    conv_filters=(4, 8),
+    batch_norm=False,
+    frame_pooling="flatten",
+    frame_features=16,
+    rnn_units=8,
+    dropout=0.0,
+)
+"""The tiny variant's parameters: used for testing only."""
+
+
+def build_model(spec: DatasetSpec, cfg: ModelConfig) -> keras.Model:
+    """Builds the (uncompiled) CNN-LSTM for the clips described by ``spec``.
+
+    Args:
+        spec: the records' ``dataset.json``: input ``spec.clip_shape`` (T, H, W, C) and
+            ``spec.num_classes`` outputs.
+        cfg: the ``model`` section.
+
+    Returns:
+        A functional ``keras.Model`` mapping ``(batch, T, H, W, C)`` to ``(batch, classes)``.
+
+    Raises:
+        FileNotFoundError: if ``cfg.backbone_weights`` names a file that does not exist.
+    """
+    inputs = keras.Input(spec.clip_shape, name="clip")
+    x = _normalize(inputs, cfg.normalization, spec.channels)
+    x = _temporal_input(x, cfg, spec.sequence_length)
+    frame_encoder = _frame_encoder(x.shape[2:], cfg)
+    x = layers.TimeDistributed(frame_encoder, name="per_frame")(x)  # (batch, T, features)
+    for i in range(cfg.rnn_layers):
+        last = i == cfg.rnn_layers - 1
+        rnn_cls = layers.LSTM if cfg.rnn == "lstm" else layers.GRU
+        rnn = rnn_cls(cfg.rnn_units, return_sequences=not last, name=f"{cfg.rnn}_{i + 1}")
+        x = layers.Bidirectional(rnn, name=f"bi_{cfg.rnn}_{i + 1}")(x) if cfg.bidirectional else rnn(x)
+    if cfg.dropout > 0:
+        x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    outputs = layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"cnn_{cfg.rnn}")
+
+
+def build_tiny_model(spec: DatasetSpec) -> keras.Model:
+    """A very small CNN-LSTM (frame differences, two 4/8-filter blocks, LSTM 8): used for testing only."""
+    return build_model(spec, TINY)
+
+
+def _normalize(x: keras.KerasTensor, how: str, channels: int) -> keras.KerasTensor:
+    if how == "symmetric":
+        return layers.Rescaling(2.0, offset=-1.0, name="to_symmetric")(x)
+    if how == "imagenet":
+        if channels != 3:
+            raise ValueError(f"model.normalization imagenet needs 3 channels, the records have {channels}")
+        variance = [s * s for s in IMAGENET_STD]
+        return layers.Normalization(mean=IMAGENET_MEAN, variance=variance, name="imagenet_norm")(x)
+    return x
+
+
+def _temporal_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.KerasTensor:
+    """What the CNN sees at each time step (``model.temporal_input``, ``model.with_frames``)."""
+    if cfg.temporal_input == "frames":
+        return x
+    if cfg.temporal_input == "difference":
+        if t < 2:
+            raise ValueError(f"model.temporal_input difference needs clips of 2 or more frames, the records have {t}")
+        later = layers.Cropping3D(((1, 0), (0, 0), (0, 0)), name="frames_2_to_T")(x)
+        earlier = layers.Cropping3D(((0, 1), (0, 0), (0, 0)), name="frames_1_to_T-1")(x)
+        change = layers.Subtract(name="frame_difference")([later, earlier])
+        frames = later
+    else:  # clip_mean: the clip's mean frame, repeated T times, subtracted
+        mean = layers.AveragePooling3D((t, 1, 1), name="clip_mean")(x)
+        mean = layers.UpSampling3D((t, 1, 1), name="clip_mean_repeated")(mean)
+        change = layers.Subtract(name="minus_clip_mean")([x, mean])
+        frames = x
+    if cfg.with_frames:
+        return layers.Concatenate(axis=-1, name="frames_and_change")([frames, change])
+    return change
+
+
+def _frame_encoder(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras.Model:
+    """The per-frame CNN: ``(H, W, C')`` -> feature vector."""
+    frame = keras.Input(frame_shape, name="frame")
+    if cfg.backbone == "mobilenet_v3_small":
+        x = _mobilenet(frame_shape, cfg)(frame)
+    else:
+        x = frame
+        for block, filters in enumerate(cfg.conv_filters, start=1):
+            for conv in range(1, cfg.convs_per_block + 1):
+                name = f"block{block}_conv{conv}"
+                x = layers.Conv2D(
+                    filters, cfg.conv_kernel, padding="same", use_bias=not cfg.batch_norm, name=name
+                )(x)
+                if cfg.batch_norm:
+                    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+                x = layers.Activation("relu", name=f"{name}_relu")(x)
+            pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
+            x = pool(2, name=f"block{block}_pool")(x)
+    if cfg.frame_pooling == "global_avg":
+        x = layers.GlobalAveragePooling2D(name="global_avg")(x)
+    elif cfg.frame_pooling == "global_max":
+        x = layers.GlobalMaxPooling2D(name="global_max")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
+    if cfg.frame_features:
+        x = layers.Dense(cfg.frame_features, activation="relu", name="frame_features")(x)
+        if cfg.dropout > 0:
+            x = layers.Dropout(cfg.dropout, name="frame_dropout")(x)
+    return keras.Model(frame, x, name="frame_cnn")
+
+
+def _mobilenet(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras.Model:
+    """MobileNetV3Small without its top, random init or weights from a local file only."""
+    backbone = keras.applications.MobileNetV3Small(
+        input_shape=tuple(frame_shape),
+        include_top=False,
+        weights=None,  # never download: pretrained weights come from backbone_weights
+        include_preprocessing=False,  # frames arrive in [-1, 1] (model.normalization: symmetric)
+    )
+    if cfg.backbone_weights:
+        if not os.path.exists(cfg.backbone_weights):
+            raise FileNotFoundError(
+                f"model.backbone_weights {cfg.backbone_weights} not found: give the path of a local "
+                "MobileNetV3Small no-top weights file (nothing is downloaded)"
+            )
+        backbone.load_weights(cfg.backbone_weights)
+    backbone.trainable = not cfg.freeze_backbone
+    return backbone

@@ -1,0 +1,152 @@
+"""Prediction CLI: classifies video files with a trained model, one JSON line per video.
+
+``python -m training.predict VIDEO [VIDEO...] [--model REF] [--top-k K] [--params params.yaml]``
+
+``REF`` is a training output folder (``model.keras`` + ``dataset.json``), an MLflow model
+folder, or an MLflow model URI; the default is the registered champion,
+``models:/<register.model_name>@champion``, read from ``MLFLOW_TRACKING_URI`` or
+``sqlite:///mlflow.db``. Videos are decoded and sampled exactly as the preprocessing did
+(:mod:`training.serving`) and the clip probabilities averaged. Each video prints
+``{"video", "label", "probabilities", "clips"}`` (``top_k`` instead of ``probabilities``
+with ``--top-k``); a video that cannot be read prints ``{"video", "error"}`` and the others
+are still answered. Exit status: 0 all classified, 1 some video failed, 2 bad model or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_section
+from pipeline.records import ContractError
+
+from training.orchestration_config import RegisterConfig
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model reference cannot be loaded as a video classifier; the message says why."""
+
+
+def load_classifier(reference: str) -> Any:
+    """Loads a :class:`training.serving.VideoClassifier` from a folder or an MLflow URI.
+
+    Raises:
+        ModelLoadError: for a missing folder, an unknown model or alias, or a model that is
+            not a video classifier (e.g. the tensor-only ``keras_model``).
+    """
+    from training.serving import MODEL_FILE, VideoClassifier
+
+    if os.path.isdir(reference):
+        if os.path.exists(os.path.join(reference, MODEL_FILE)):
+            try:
+                return VideoClassifier.from_dir(reference)
+            except FileNotFoundError as exc:
+                raise ModelLoadError(str(exc)) from exc
+        if os.path.exists(os.path.join(reference, "MLmodel")):
+            return _load_mlflow(reference)
+        raise ModelLoadError(f"{reference} holds neither {MODEL_FILE} + dataset.json nor an MLflow model (MLmodel)")
+    if ":/" in reference:
+        return _load_mlflow(reference)
+    raise ModelLoadError(
+        f"model {reference} not found: give a training output folder (model.keras + dataset.json), "
+        "an MLflow model folder or a URI such as models:/vidseq-cnn-lstm@champion"
+    )
+
+
+def _load_mlflow(uri: str) -> Any:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        message = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        raise ModelLoadError(f"cannot load {uri} from {tracking_uri()}: {message}") from exc
+    try:
+        classifier = getattr(model.unwrap_python_model(), "classifier", None)
+    except MlflowException:  # another flavor, e.g. the tensor-only keras_model
+        classifier = None
+    if classifier is None:
+        raise ModelLoadError(
+            f"{uri} is not a video classifier (flavor {model.loader_module}): use the registered "
+            "video_classifier model, e.g. models:/vidseq-cnn-lstm@champion"
+        )
+    return classifier
+
+
+def predict_video(classifier: Any, path: str, top_k: int | None = None) -> dict[str, Any]:
+    """Classifies one video file.
+
+    Returns:
+        ``{"video", "label", "probabilities" | "top_k", "clips"}``, or ``{"video", "error"}``.
+    """
+    from pipeline.video import VideoError
+
+    if not os.path.isfile(path):
+        return {"video": path, "error": f"open: no such file: {path}"}
+    try:
+        result = classifier.classify(path, name=path)
+    except VideoError as exc:
+        return {"video": path, "error": f"{exc.stage}: {exc.reason}"}
+    except OSError as exc:
+        return {"video": path, "error": f"open: {exc}"}
+    line: dict[str, Any] = {"video": path, "label": result["label"]}
+    if top_k:
+        ranked = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:top_k]
+        line["top_k"] = [{"label": label, "probability": p} for label, p in ranked]
+    else:
+        line["probabilities"] = result["probabilities"]
+    line["clips"] = result["clips"]
+    return line
+
+
+def default_model(params_path: str | None) -> str:
+    """``models:/<register.model_name>@champion`` from ``params_path``.
+
+    Without ``params_path``, ``params.yaml`` is read if it exists, else the default name is used.
+    """
+    if params_path is None:
+        if not os.path.exists(DEFAULT_PARAMS):
+            return RegisterConfig().champion_uri
+        params_path = DEFAULT_PARAMS
+    return load_section(RegisterConfig, params_path, "register").champion_uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: one JSON line per video on stdout; exit 1 if any video failed, 2 on a bad model."""
+    parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    parser.add_argument("--model", help="training output folder, MLflow model folder or URI (default: the champion)")
+    parser.add_argument("--top-k", type=int, metavar="K", help="print the K most probable classes instead of all")
+    parser.add_argument("--params", help="params file for register.model_name (default: params.yaml if present)")
+    args = parser.parse_args(argv)
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k must be positive, got {args.top_k}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        reference = args.model or default_model(args.params)
+        classifier = load_classifier(reference)
+    except (ConfigError, ContractError, ModelLoadError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in args.videos:
+        line = predict_video(classifier, path, args.top_k)
+        failed += "error" in line
+        print(json.dumps(line), flush=True)
+    if failed:
+        print(f"error: {failed} of {len(args.videos)} video(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""End-of-pipeline summary: where to look (MLflow UI, DVC metrics) and which version is champion.
+
+``python -m training.summary [--params params.yaml] [--metrics reports/metrics.json]``
+``[--registry reports/registry.json]``
+
+Printed at the end of ``make demo``. Reads the registry from ``MLFLOW_TRACKING_URI`` or
+``sqlite:///mlflow.db``; never creates a store that does not exist yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, load_section, read_params
+
+from training.orchestration_config import CHAMPION, MlflowConfig, RegisterConfig
+
+logger = logging.getLogger(__name__)
+
+UI_PORT = 5000
+SERVE_PORT = 5001
+_HEADLINE = (("video_accuracy", "video accuracy"), ("accuracy", "clip accuracy"),
+             ("shuffled_accuracy", "shuffled-frames accuracy"), ("chance", "chance"))  # fmt: skip
+
+
+def _store_exists(uri: str) -> bool:
+    if uri.startswith("sqlite:///"):
+        return os.path.exists(uri[len("sqlite:///") :])
+    return True  # a server or another database: ask it
+
+
+def champion(cfg: RegisterConfig) -> dict[str, Any] | None:
+    """``{"version", "run_id", "value"}`` of ``<model_name>@champion``, or ``None``.
+
+    Raises:
+        MlflowException: if the store cannot be reached.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from training.register import current_champion
+    from training.tracking import tracking_uri
+
+    uri = tracking_uri()
+    if not _store_exists(uri):
+        return None
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    found = current_champion(client, cfg.model_name, cfg.metric)
+    if found is None:
+        return None
+    try:
+        run_id = client.get_model_version_by_alias(cfg.model_name, CHAMPION).run_id
+    except MlflowException:
+        run_id = None
+    return {"version": found[0], "value": found[1], "run_id": run_id}
+
+
+def _read_json(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    return data if isinstance(data, dict) else None
+
+
+def summary_lines(
+    register_cfg: RegisterConfig,
+    mlflow_cfg: MlflowConfig,
+    metrics: dict[str, Any] | None,
+    registry: dict[str, Any] | None,
+    best: dict[str, Any] | None,
+) -> list[str]:
+    """The lines :func:`main` prints (pure, for tests)."""
+    from training.tracking import tracking_uri
+
+    uri = tracking_uri()
+    lines = [
+        f"MLflow: runs of experiment {mlflow_cfg.experiment_name!r} and the registry are in {uri}",
+        f"  browse: make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}), "
+        f"then open http://127.0.0.1:{UI_PORT}",
+        "DVC: dvc metrics show | dvc metrics diff | dvc plots show | dvc exp show",
+    ]
+    if metrics:
+        numbers = [(label, metrics[key]) for key, label in _HEADLINE if isinstance(metrics.get(key), (int, float))]
+        shown = ", ".join(f"{label} {value:.4f}" for label, value in numbers)
+        lines.append(f"Test: {shown}")
+    if registry:
+        lines.append(
+            f"Last registration: {registry.get('model_name')} v{registry.get('version')} "
+            f"{registry.get('decision')}: {registry.get('reason')}"
+        )
+    if best:
+        value = "unknown" if best["value"] is None else f"{best['value']:.4f}"
+        lines.append(
+            f"Champion: {register_cfg.champion_uri} is version {best['version']} "
+            f"({register_cfg.metric} {value}, run {best['run_id']})"
+        )
+        lines.append(
+            "  predict: python -m training.predict VIDEO...   serve: mlflow models serve "
+            f"-m {register_cfg.champion_uri} --env-manager local --host 127.0.0.1 --port {SERVE_PORT}"
+        )
+    elif registry:
+        lines.append(
+            f"Champion: none yet for {register_cfg.model_name}: no version passed the gate (register.min_accuracy "
+            f"{register_cfg.min_accuracy:g}); predict with a folder: python -m training.predict --model models VIDEO..."
+        )
+    else:
+        lines.append(
+            f"Champion: none yet for {register_cfg.model_name}: "
+            "run `make demo` or `dvc repro` to train and register one"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: prints the summary; exit 2 on a bad params file."""
+    parser = argparse.ArgumentParser(prog="python -m training.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluation metrics (default: %(default)s)")
+    parser.add_argument("--registry", default="reports/registry.json", help="registry record (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        params = read_params(args.params)
+        register_cfg = load_section(RegisterConfig, params, "register")
+        mlflow_cfg = load_section(MlflowConfig, params, "mlflow")
+        best = champion(register_cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:
+        print(f"error: cannot read the MLflow registry: {str(exc.message).splitlines()[0]}", file=sys.stderr)
+        return 2
+    for line in summary_lines(register_cfg, mlflow_cfg, _read_json(args.metrics), _read_json(args.registry), best):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,533 @@
+"""MLflow tracking for the stages: one run per pipeline run, shared by train, evaluate and register.
+
+Train opens the run with :func:`start_run` and writes its id to ``OUTPUT/mlflow_run.json``;
+evaluate and register continue the same run with :func:`resume_run` from the model directory.
+The store is ``MLFLOW_TRACKING_URI`` or MLflow's default ``sqlite:///mlflow.db`` (a real
+database, which the Model Registry needs); the experiment is ``mlflow.experiment_name``.
+
+What lands in the run:
+
+* train: every parameter it was given, flattened (``model.rnn_units``); the dataset spec as
+  ``dataset.*`` parameters and a ``dataset.json`` artifact; tags ``mlflow.source.git.commit``,
+  ``vidseq.git.dirty``, ``vidseq.records.dvc_md5`` (the records' DVC hash: data lineage);
+  the preprocessing errors summary (``preprocessing/errors_summary.json``, metric
+  ``preprocess_errors``); per-epoch metrics (``loss``, ``val_accuracy``, ... at step = epoch);
+  the curves PNG and history; the Keras model ``keras_model`` with the tensor signature
+  ``(-1, T, H, W, C) float32 -> (-1, classes)`` and an input example.
+* evaluate: every number of ``metrics.json`` as ``test_<key>`` and the reports
+  (``evaluation/metrics.json``, confusion matrix PNG/CSV, per-class CSV).
+* register: the servable pyfunc ``video_classifier`` (:mod:`training.serving`), registered
+  and gated by :mod:`training.register`.
+
+The stages call one function each (:func:`track_training`, :func:`track_evaluation`,
+:func:`open_model_run`); the pieces they are made of are public for finer use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+
+from pipeline import records
+from pipeline.config import flatten
+from pipeline.records import DatasetSpec
+
+from training import lineage
+from training.model_logging import KERAS_MODEL, MODEL_FILE, log_keras_model, logged_model_names
+from training.orchestration_config import MlflowConfig
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "mlflow_run.json"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+METRIC_PREFIX = "test_"
+HISTORY_JSON = "history.json"
+TRAINING_ARTIFACTS = ("training_curves.png", "history.json", "history.csv")
+EVALUATION_ARTIFACTS = ("metrics.json", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
+_MAX_PARAM_LENGTH = 6000
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+class TrackingError(RuntimeError):
+    """The run a stage should continue cannot be found; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- store and runs
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else MLflow's default ``sqlite:///mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _artifact_location(uri: str) -> str | None:
+    """``<folder of the sqlite file>/mlruns`` for a sqlite store; the server decides otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :]).expanduser().resolve()
+    return (database.parent / "mlruns").as_uri()
+
+
+def configure(config: MlflowConfig | None = None) -> str:
+    """Points MLflow at the tracking store and the experiment, creating it if needed.
+
+    Args:
+        config: the ``mlflow`` section (default: its defaults).
+
+    Returns:
+        The experiment id.
+
+    Raises:
+        TrackingError: if the experiment exists but was deleted.
+    """
+    config = config or MlflowConfig()
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(config.experiment_name)
+    if experiment is None:
+        try:
+            experiment_id = mlflow.create_experiment(config.experiment_name, _artifact_location(uri))
+        except MlflowException:  # created meanwhile by a concurrent stage
+            experiment = mlflow.get_experiment_by_name(config.experiment_name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+    else:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow experiment {config.experiment_name!r} is deleted in {uri}: restore it "
+                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or set mlflow.experiment_name"
+            )
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def _begin_run(
+    params: Mapping[str, Any],
+    spec: DatasetSpec,
+    *,
+    records_dir: str | None,
+    config: MlflowConfig | None,
+    run_name: str | None,
+) -> mlflow.ActiveRun:
+    """Starts a run and logs parameters, the spec, lineage tags and the errors summary."""
+    experiment_id = configure(config)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+    try:
+        log_params_once(params)
+        log_spec(spec)
+        mlflow.set_tags(lineage_tags(records_dir))
+        if records_dir:
+            log_preprocessing_errors(records_dir)
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    return active
+
+
+def start_run(
+    output_dir: str,
+    params: Mapping[str, Any],
+    spec: DatasetSpec,
+    *,
+    records_dir: str | None = None,
+    config: MlflowConfig | None = None,
+    run_name: str | None = None,
+) -> mlflow.ActiveRun:
+    """Opens the pipeline run's MLflow run (train) and writes ``output_dir/mlflow_run.json``.
+
+    Use it as a context manager (``with start_run(...):``); an exception inside marks the run
+    ``FAILED``.
+
+    Args:
+        output_dir: the training output directory; evaluate and register find the run there.
+        params: parameter sections (e.g. ``read_params("params.yaml")``), logged flattened.
+        spec: the records' spec the model is trained on.
+        records_dir: the records directory: its DVC hash becomes a tag, its ``errors.jsonl``
+            an errors summary.
+        config: the ``mlflow`` section.
+        run_name: MLflow's run name (default: generated).
+
+    Returns:
+        The active run.
+    """
+    active = _begin_run(params, spec, records_dir=records_dir, config=config, run_name=run_name)
+    try:
+        write_run_file(output_dir, active.info.run_id, active.info.experiment_id)
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    return active
+
+
+def write_run_file(output_dir: str, run_id: str, experiment_id: str) -> str:
+    """Writes ``mlflow_run.json`` (run id, experiment, store) into ``output_dir``; returns its path."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, RUN_FILE)
+    info = {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri()}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=2)
+        handle.write("\n")
+    return path
+
+
+def read_run_file(model_dir: str) -> dict[str, str]:
+    """Reads ``model_dir/mlflow_run.json``.
+
+    Raises:
+        TrackingError: if the file is missing or unreadable.
+    """
+    path = os.path.join(model_dir, RUN_FILE)
+    if not os.path.exists(path):
+        raise TrackingError(
+            f"{path} not found: the model in {model_dir} was trained without MLflow tracking "
+            "(training writes it with training.tracking.start_run)"
+        )
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+        return {"run_id": str(info["run_id"]), **{k: str(v) for k, v in info.items()}}
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise TrackingError(f"{path} is not a run file ({exc}): retrain to write it again") from exc
+
+
+def has_run_file(model_dir: str) -> bool:
+    """Whether ``model_dir`` holds the ``mlflow_run.json`` of a tracked training run."""
+    return os.path.exists(os.path.join(model_dir, RUN_FILE))
+
+
+def resume_run(model_dir: str) -> mlflow.ActiveRun:
+    """Continues the run that trained the model in ``model_dir`` (evaluate, register).
+
+    Returns:
+        The active run (use it as a context manager).
+
+    Raises:
+        TrackingError: if ``model_dir`` has no run file, or the run is not in the store.
+    """
+    info = read_run_file(model_dir)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        run = mlflow.MlflowClient().get_run(info["run_id"])
+    except MlflowException as exc:
+        stored = info.get("tracking_uri", "?")
+        hint = f"; it was logged to {stored}: set MLFLOW_TRACKING_URI={stored}" if stored != uri else ""
+        raise TrackingError(
+            f"MLflow run {info['run_id']} of {model_dir} is not in the tracking store {uri}{hint}"
+        ) from exc
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    return mlflow.start_run(run_id=run.info.run_id)
+
+
+# --------------------------------------------------------------------------- parameters and tags
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        text = json.dumps(list(value))
+    else:
+        text = str(value)
+    return text if len(text) <= _MAX_PARAM_LENGTH else text[: _MAX_PARAM_LENGTH - 3] + "..."
+
+
+def log_params_once(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Logs ``params`` flattened (``{"a": {"b": 1}}`` -> ``a.b``) into the active run.
+
+    A parameter already logged with the same value is skipped; one logged with another value
+    keeps its first value (MLflow parameters are immutable) and is reported as a warning, e.g.
+    an ``evaluate`` parameter changed between evaluations of one trained model.
+
+    Returns:
+        The parameters newly logged.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call start_run or resume_run first")
+    flat = {key: _param_value(value) for key, value in flatten(params, prefix).items()}
+    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params
+    changed = sorted(k for k, v in flat.items() if k in existing and existing[k] != v)
+    if changed:
+        logger.warning(
+            "run %s keeps the first value of %s (changed since it was logged; MLflow parameters are immutable)",
+            run.info.run_id, ", ".join(changed),
+        )  # fmt: skip
+    new = {k: v for k, v in flat.items() if k not in existing}
+    if new:
+        mlflow.log_params(new)
+    return new
+
+
+def spec_params(spec: DatasetSpec) -> dict[str, Any]:
+    """The dataset spec as ``dataset.*`` parameters (classes joined, splits and sampling flattened)."""
+    data = spec.to_dict()
+    data["classes"] = ",".join(spec.classes)
+    data["num_classes"] = spec.num_classes
+    data["clip_shape"] = "x".join(str(d) for d in spec.clip_shape)
+    return flatten({"dataset": data})
+
+
+def log_spec(spec: DatasetSpec) -> None:
+    """Logs the dataset spec as ``dataset.*`` parameters and as the ``dataset.json`` artifact."""
+    log_params_once(spec_params(spec))
+    mlflow.log_dict(spec.to_dict(), records.DATASET_JSON)
+
+
+def lineage_tags(records_dir: str | None, repo_dir: str = ".") -> dict[str, str]:
+    """Tags tying a run to its code and data.
+
+    Returns:
+        ``mlflow.source.git.commit`` and ``vidseq.git.dirty`` inside a git repository;
+        ``vidseq.records.path``, ``vidseq.records.dvc_md5`` and ``vidseq.records.hash_source``
+        (``dvc.lock`` or ``computed``) for a local records directory.
+    """
+    tags: dict[str, str] = {}
+    sha, dirty = lineage.git_commit(repo_dir)
+    if sha:
+        tags["mlflow.source.git.commit"] = sha
+        tags["vidseq.git.dirty"] = str(dirty).lower()
+    if records_dir:
+        tags["vidseq.records.path"] = records_dir
+        md5, source = lineage.records_hash(records_dir, os.path.join(repo_dir, lineage.DVC_LOCK))
+        if md5:
+            tags["vidseq.records.dvc_md5"] = md5
+            tags["vidseq.records.hash_source"] = source
+    return tags
+
+
+def log_preprocessing_errors(records_dir: str) -> dict[str, Any]:
+    """Logs the summary of the records' ``errors.jsonl`` and metric ``preprocess_errors``."""
+    summary = lineage.errors_summary(records_dir)
+    mlflow.log_dict(summary, "preprocessing/errors_summary.json")
+    mlflow.log_metric("preprocess_errors", summary["count"])
+    return summary
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def metric_key(name: str) -> str:
+    """``name`` with characters MLflow refuses in metric names (e.g. ``:``) replaced by ``_``."""
+    return _BAD_KEY_CHARS.sub("_", name)
+
+
+def log_history(history: Mapping[str, Sequence[float]]) -> int:
+    """Logs per-epoch metrics of a Keras history at ``step = epoch`` (0-based).
+
+    Args:
+        history: ``{metric: [value per epoch]}``; an ``epoch`` list, if present, gives the
+            steps (a resumed run's history starts where it left off).
+
+    Returns:
+        The number of values logged.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call start_run or resume_run first")
+    series = {k: list(v) for k, v in history.items() if k != "epoch"}
+    length = max((len(v) for v in series.values()), default=0)
+    epochs = [int(e) for e in history.get("epoch", range(length))]
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(metric_key(name), float(value), now, step)
+        for name, values in series.items()
+        for step, value in zip(epochs, values)
+    ]
+    if metrics:
+        mlflow.MlflowClient().log_batch(run.info.run_id, metrics=metrics)
+    return len(metrics)
+
+
+def epoch_logger() -> Any:
+    """A Keras callback logging each epoch's ``logs`` to the active run (for ``model.fit``).
+
+    An alternative to :func:`log_history` for seeing long runs live; use one of the two.
+    """
+    import keras
+
+    class MlflowEpochLogger(keras.callbacks.Callback):
+        """Logs ``loss``, ``accuracy``, ``val_*`` ... at ``step = epoch`` after every epoch."""
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            values = {metric_key(k): float(v) for k, v in (logs or {}).items() if _is_number(v)}
+            if values:
+                mlflow.log_metrics(values, step=epoch)
+
+    return MlflowEpochLogger()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, bool)
+
+
+def read_metrics(metrics_path: str) -> dict[str, Any]:
+    """Reads an evaluation ``metrics.json``.
+
+    Raises:
+        FileNotFoundError: naming the file and the stage that writes it.
+    """
+    if not os.path.exists(metrics_path):
+        raise FileNotFoundError(f"{metrics_path} not found: evaluate the model first (python -m training.evaluate)")
+    with open(metrics_path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    if not isinstance(data, dict):
+        raise ValueError(f"{metrics_path} must hold a JSON object of metrics")
+    return data
+
+
+def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX) -> dict[str, float]:
+    """Logs every number of ``metrics.json`` as ``<prefix><key>`` and the evaluation reports.
+
+    The reports next to ``metrics.json`` (:data:`EVALUATION_ARTIFACTS`) go under ``evaluation/``.
+
+    Returns:
+        The metrics logged.
+    """
+    metrics = {
+        metric_key(prefix + key): float(value)
+        for key, value in read_metrics(metrics_path).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    mlflow.log_metrics(metrics)
+    folder = os.path.dirname(metrics_path)
+    for name in EVALUATION_ARTIFACTS:
+        path = os.path.join(folder, name) if name != "metrics.json" else metrics_path
+        if os.path.exists(path):
+            mlflow.log_artifact(path, "evaluation")
+    return metrics
+
+
+# --------------------------------------------------------------------------- training outputs
+
+
+def log_training_outputs(output_dir: str, *, model: Any = None, history: bool = True) -> Any:
+    """Logs what training wrote: per-epoch metrics, curves and history, the Keras model.
+
+    Args:
+        output_dir: the training output directory (``model.keras``, ``dataset.json``, ...).
+        model: the trained model (default: loaded from ``model.keras``).
+        history: log per-epoch metrics from ``history.json`` (False when an
+            :func:`epoch_logger` already logged them during ``fit``).
+
+    Returns:
+        The Keras model's ``ModelInfo``.
+    """
+    spec = records.read_spec(output_dir)
+    history_path = os.path.join(output_dir, HISTORY_JSON)
+    if history and os.path.exists(history_path):
+        with open(history_path, encoding="utf-8") as handle:
+            log_history(json.load(handle).get("history", {}))
+    for name in TRAINING_ARTIFACTS:
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            mlflow.log_artifact(path, "training")
+    if model is None:
+        import keras
+
+        path = os.path.join(output_dir, MODEL_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found: train a model first (python -m training.train)")
+        model = keras.saving.load_model(path)
+    return log_keras_model(model, spec)
+
+
+# --------------------------------------------------------------------------- one call per stage
+
+
+def track_training(
+    output_dir: str,
+    params: Mapping[str, Any],
+    *,
+    records_dir: str,
+    config: MlflowConfig | None = None,
+    model: Any = None,
+    history: bool = True,
+) -> str:
+    """Train's whole logging after ``training.train.train``: start the run, log, end it.
+
+    Returns:
+        The run id (also in ``output_dir/mlflow_run.json``).
+    """
+    spec = records.read_spec(output_dir)
+    with start_run(output_dir, params, spec, records_dir=records_dir, config=config) as active:
+        log_training_outputs(output_dir, model=model, history=history)
+        return active.info.run_id
+
+
+def track_evaluation(model_dir: str, metrics_path: str, *, params: Mapping[str, Any] | None = None) -> str:
+    """Evaluate's whole logging: continue the training run, log ``params`` and the metrics.
+
+    Returns:
+        The run id.
+    """
+    with resume_run(model_dir) as active:
+        if params:
+            log_params_once(params)
+        log_evaluation(metrics_path)
+        return active.info.run_id
+
+
+@contextlib.contextmanager
+def open_model_run(
+    model_dir: str,
+    *,
+    params: Mapping[str, Any],
+    config: MlflowConfig | None = None,
+    records_dir: str | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """The run of the model in ``model_dir`` for register: resumed, or backfilled if untracked.
+
+    A model trained without tracking (no ``mlflow_run.json``) gets a new run holding what
+    training would have logged (parameters, spec, lineage, history, curves, Keras model).
+    ``model_dir`` is never written to: it is the train stage's DVC output.
+
+    Yields:
+        The active run; it ends when the block does (``FAILED`` on an exception).
+    """
+    if has_run_file(model_dir):
+        active = resume_run(model_dir)
+    else:
+        logger.info("%s has no %s: logging the untracked training run now", model_dir, RUN_FILE)
+        spec = records.read_spec(model_dir)
+        active = _begin_run(params, spec, records_dir=records_dir, config=config, run_name=None)
+        mlflow.set_tag("vidseq.backfilled", "true")
+    with active:
+        if not has_run_file(model_dir):
+            log_training_outputs(model_dir)
+        elif KERAS_MODEL not in logged_model_names(active.info.run_id):
+            log_training_outputs(model_dir, history=False)
+        yield active
+
+
+def ensure_evaluation_logged(metrics_path: str, metric: str, *, prefix: str = METRIC_PREFIX) -> bool:
+    """Logs ``metrics.json`` into the active run unless its ``metric`` is already there, equal.
+
+    Returns:
+        Whether it logged.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call start_run or resume_run first")
+    value = read_metrics(metrics_path).get(metric)
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics.get(metric_key(prefix + metric))
+    if value is not None and logged is not None and math.isclose(float(value), logged, rel_tol=1e-9, abs_tol=1e-12):
+        return False
+    log_evaluation(metrics_path, prefix=prefix)
+    return True
