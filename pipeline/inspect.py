@@ -113,16 +113,10 @@ def read_errors(records_dir: str) -> tuple[collections.Counter[tuple[str, str]],
     Returns:
         The counts and one problem line per unreadable line.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    path = FileSystems.join(records_dir, records.ERRORS_JSONL)
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     problems: list[str] = []
-    if not FileSystems.exists(path):
-        return counts, problems
-    with FileSystems.open(path) as handle:
-        lines = handle.read().decode("utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
+    text = records.read_text(records_dir, records.ERRORS_JSONL) or ""
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -329,26 +329,35 @@ def check_clip_shape(
         )
 
 
+def read_text(records_dir: str, name: str) -> str | None:
+    """A small text file beside the shards (``dataset.json``, ``errors.jsonl``), or None if absent.
+
+    Local paths use plain file access, so training and predict need no Beam import; other
+    paths (``gs://``, ``s3://``, ...) go through Beam's ``FileSystems``.
+    """
+    if "://" not in records_dir:
+        path = os.path.join(records_dir, name)
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(records_dir, name)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        return handle.read().decode("utf-8")
+
+
 def read_spec(records_dir: str) -> DatasetSpec:
     """Reads ``dataset.json`` from a records directory on any Beam filesystem.
 
     Raises:
         FileNotFoundError: naming the missing file and how to make it.
     """
-    if "://" not in records_dir:  # local: no Beam import for training and predict
-        path = os.path.join(records_dir, DATASET_JSON)
-        if not os.path.exists(path):
-            raise FileNotFoundError(_missing_spec(path, records_dir))
-        with open(path, encoding="utf-8") as handle:
-            return DatasetSpec.from_json(handle.read(), source=path)
-    from apache_beam.io.filesystems import FileSystems
-
-    path = FileSystems.join(records_dir, DATASET_JSON)
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(_missing_spec(path, records_dir))
-    with FileSystems.open(path) as handle:
-        return DatasetSpec.from_json(handle.read().decode("utf-8"), source=path)
-
-
-def _missing_spec(path: str, records_dir: str) -> str:
-    return f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})"
+    text = read_text(records_dir, DATASET_JSON)
+    path = f"{records_dir.rstrip('/')}/{DATASET_JSON}"
+    if text is None:
+        raise FileNotFoundError(f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})")
+    return DatasetSpec.from_json(text, source=path)

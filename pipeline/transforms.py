@@ -213,7 +213,7 @@ def _sum_pairs(pairs) -> tuple[int, int]:
 def read_stats(output_dir: str) -> dict[str, dict[str, int]]:
     """Reads what :class:`WriteStats` wrote: ``{split: {clips, videos}}`` for every split."""
     stats = {split: {"clips": 0, "videos": 0} for split in records.SPLITS}
-    for line in _read_lines(FileSystems.join(output_dir, STATS_FILE)):
+    for line in (records.read_text(output_dir, STATS_FILE) or "").splitlines():
         if line.strip():
             row = json.loads(line)
             stats[row["split"]] = {"clips": int(row["clips"]), "videos": int(row["videos"])}
@@ -222,15 +222,8 @@ def read_stats(output_dir: str) -> dict[str, dict[str, int]]:
 
 def read_errors(output_dir: str) -> list[dict]:
     """Reads ``errors.jsonl`` from a (staging) output directory; a missing file means no errors."""
-    return [json.loads(line) for line in _read_lines(FileSystems.join(output_dir, records.ERRORS_JSONL)) if line.strip()]
-
-
-def _read_lines(path: str) -> list[str]:
-    """Lines of a small text file the job wrote; none if it is absent (the sinks skip empty files)."""
-    if not FileSystems.exists(path):
-        return []
-    with FileSystems.open(path) as handle:
-        return handle.read().decode("utf-8").splitlines()
+    text = records.read_text(output_dir, records.ERRORS_JSONL) or ""  # absent: the sink skips empty output
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def build(

@@ -81,6 +81,15 @@ def test_input_and_output_on_s3(raw, tmp_path):
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "11 videos → 12 clips in" in result.stdout and "s3://videos/records/errors.jsonl" in result.stdout
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from training import lineage
+
+        FileSystems.set_options(PipelineOptions([f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing",
+                                                 "--s3_secret_access_key=testing", "--s3_region_name=us-east-1"]))
+        assert records.read_spec("s3://videos/records").errors == 5  # readers work on the object store too
+        assert lineage.errors_summary("s3://videos/records")["count"] == 5
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="videos", Prefix="records/")["Contents"])
         assert "records/stale-00000-of-00001.tfrecord" not in keys
         assert not [k for k in s3.list_objects_v2(Bucket="videos")["Contents"] if ".staging-" in k["Key"]]

@@ -139,17 +139,15 @@ def errors_summary(records_dir: str, examples: int = 20) -> dict[str, Any]:
         ``{"count", "by_stage": {stage: n}, "by_reason": {reason: n} (most common first),
         "examples": [first few entries]}``; count 0 when the file is missing or empty.
     """
-    path = os.path.join(records_dir, records.ERRORS_JSONL)
     entries: list[dict[str, Any]] = []
-    if "://" not in records_dir and os.path.exists(path):
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    entries.append({"path": f"{path}:{number}", "reason": "unparsable line", "stage": "unknown"})
+    text = records.read_text(records_dir, records.ERRORS_JSONL) or ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            entries.append({"path": f"{records.ERRORS_JSONL}:{number}", "reason": "unparsable line", "stage": "unknown"})
     by_stage = collections.Counter(str(e.get("stage", "unknown")) for e in entries)
     by_reason = collections.Counter(str(e.get("reason", "unknown")) for e in entries)
     return {
