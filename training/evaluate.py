@@ -35,6 +35,7 @@ from pipeline.records import ContractError, DatasetSpec
 
 from training.config import EvaluateConfig
 from training import tracking
+from training.artifacts import model_files
 from training.data import EmptySplitError
 from training.tracking import TrackingError
 
@@ -164,14 +165,8 @@ def load_trained(model_dir: str) -> tuple[Any, DatasetSpec]:
     """Loads ``model.keras`` and the ``dataset.json`` it was trained on from ``model_dir``."""
     import keras
 
-    from training.train import MODEL_FILE
-
-    path = os.path.join(model_dir, MODEL_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: train a model first (python -m training.train --output {model_dir})"
-        )
-    return keras.saving.load_model(path), records.read_spec(model_dir)
+    model_path, _ = model_files(model_dir)
+    return keras.saving.load_model(model_path), records.read_spec(model_dir)
 
 
 def check_same_classes(model_spec: DatasetSpec, records_spec: DatasetSpec) -> None:

@@ -18,7 +18,6 @@ from pipeline import records
 from pipeline.records import DatasetSpec
 
 KERAS_MODEL = "keras_model"
-MODEL_FILE = "model.keras"  # training.train.MODEL_FILE, without importing TensorFlow
 
 
 def pinned_requirements(*packages: str) -> list[str]:

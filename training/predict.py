@@ -40,7 +40,8 @@ def load_classifier(reference: str) -> Any:
         ModelLoadError: for a missing folder, an unknown model or alias, or a model that is
             not a video classifier (e.g. the tensor-only ``keras_model``).
     """
-    from training.serving import MODEL_FILE, VideoClassifier
+    from training.artifacts import MODEL_FILE
+    from training.serving import VideoClassifier
 
     if os.path.isdir(reference):
         if os.path.exists(os.path.join(reference, MODEL_FILE)):

@@ -41,7 +41,7 @@ from pipeline.config import ConfigError, PreprocessConfig, from_mapping
 from pipeline.records import ContractError, DatasetSpec
 from pipeline.video import VideoError, iter_clips
 
-from training.model_logging import MODEL_FILE
+from training.artifacts import model_files
 
 logger = logging.getLogger(__name__)
 
@@ -50,21 +50,6 @@ OUTPUT_COLUMNS = ("label", "probabilities", "clips", "error")
 PYFUNC_MODEL = "video_classifier"
 CLIP_BATCH = 16
 _PACKAGES = ("pipeline", "training")
-
-
-def model_files(model_dir: str) -> tuple[str, str]:
-    """``(model.keras, dataset.json)`` paths of a training output folder.
-
-    Raises:
-        FileNotFoundError: naming the missing file and how to make it.
-    """
-    paths = (os.path.join(model_dir, MODEL_FILE), os.path.join(model_dir, records.DATASET_JSON))
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{path} not found: train a model first (python -m training.train --output {model_dir})"
-            )
-    return paths
 
 
 def preprocess_config(spec: DatasetSpec) -> PreprocessConfig:

@@ -45,7 +45,8 @@ from pipeline.config import flatten
 from pipeline.records import DatasetSpec
 
 from training import lineage
-from training.model_logging import KERAS_MODEL, MODEL_FILE, log_keras_model, logged_model_names
+from training.artifacts import model_files
+from training.model_logging import KERAS_MODEL, log_keras_model, logged_model_names
 from training.orchestration_config import MlflowConfig
 
 logger = logging.getLogger(__name__)
@@ -441,10 +442,7 @@ def log_training_outputs(output_dir: str, *, model: Any = None, history: bool = 
     if model is None:
         import keras
 
-        path = os.path.join(output_dir, MODEL_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found: train a model first (python -m training.train)")
-        model = keras.saving.load_model(path)
+        model = keras.saving.load_model(model_files(output_dir)[0])
     return log_keras_model(model, spec)
 
 

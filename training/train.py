@@ -33,13 +33,13 @@ from pipeline.records import ContractError, DatasetSpec
 from training.config import ModelConfig, TrainConfig
 from training.data import EmptySplitError, check_compatible, count_clips, make_dataset
 from training import tracking
+from training.artifacts import MODEL_FILE
 from training.model import build_model
 from training.orchestration_config import MlflowConfig
 from training.tracking import TrackingError
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
 HISTORY_JSON = "history.json"
 HISTORY_CSV = "history.csv"
 CURVES_PNG = "training_curves.png"
