@@ -36,7 +36,7 @@ from pipeline.records import ContractError, DatasetSpec
 from training.config import EvaluateConfig
 from training import tracking
 from training.artifacts import model_files
-from training.data import EmptySplitError
+from training.data import DamagedRecordsError, EmptySplitError
 from training.tracking import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -184,19 +184,20 @@ def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfi
     Returns:
         ``{"labels", "video_ids", "probs", "shuffled_probs", "reversed_probs"}`` arrays.
     """
-    from training.data import check_compatible, make_dataset
+    from training.data import check_compatible, make_dataset, reading_records
 
     ds = make_dataset(records_dir, cfg.split, spec, cfg.batch_size, with_video_id=True)
     check_compatible(model, ds, spec)
     rng = np.random.default_rng(cfg.shuffle_seed)
     keys = ("labels", "video_ids", "probs", "shuffled_probs", "reversed_probs")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-    for clips, labels, video_ids in ds.as_numpy_iterator():
-        out["labels"].append(labels)
-        out["video_ids"].append(np.array([v.decode("utf-8") for v in video_ids], dtype=object))
-        out["probs"].append(np.asarray(model.predict_on_batch(clips)))
-        out["shuffled_probs"].append(np.asarray(model.predict_on_batch(shuffle_time(clips, rng))))
-        out["reversed_probs"].append(np.asarray(model.predict_on_batch(clips[:, ::-1])))
+    with reading_records(records_dir, spec, cfg.split):  # a damaged shard: one error naming it
+        for clips, labels, video_ids in ds.as_numpy_iterator():
+            out["labels"].append(labels)
+            out["video_ids"].append(np.array([v.decode("utf-8") for v in video_ids], dtype=object))
+            out["probs"].append(np.asarray(model.predict_on_batch(clips)))
+            out["shuffled_probs"].append(np.asarray(model.predict_on_batch(shuffle_time(clips, rng))))
+            out["reversed_probs"].append(np.asarray(model.predict_on_batch(clips[:, ::-1])))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -206,6 +207,7 @@ def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateCon
     Raises:
         ContractError: if the records' clip shape or classes differ from the model's.
         EmptySplitError: if the split has no clips.
+        DamagedRecordsError: if a shard of the split is corrupt or truncated (names file and record).
     """
     model, model_spec = load_trained(model_dir)
     spec = records.read_spec(records_dir)
@@ -292,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(records_dir, args.model, args.output, cfg)
         if tracking.has_run_file(args.model):  # continue the training run; untracked models are backfilled by register
             tracking.track_evaluation(args.model, result.paths["metrics"], params={"evaluate": cfg.as_dict()})
+    except DamagedRecordsError as exc:  # the data, not the command, is wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, ContractError, EmptySplitError, FileNotFoundError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

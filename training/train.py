@@ -31,7 +31,9 @@ from pipeline.config import ConfigError, DataConfig, load_section, read_params
 from pipeline.records import ContractError, DatasetSpec
 
 from training.config import ModelConfig, TrainConfig
-from training.data import EmptySplitError, check_compatible, count_clips, make_dataset
+from training.data import (
+    DamagedRecordsError, EmptySplitError, check_compatible, count_clips, make_dataset, reading_records,
+)  # fmt: skip
 from training import tracking
 from training.artifacts import MODEL_FILE
 from training.model import build_model
@@ -138,6 +140,7 @@ def train(
     Raises:
         EmptySplitError: if the train or val split has no clips.
         ContractError: if the records do not fit the model.
+        DamagedRecordsError: if a train or val shard is corrupt or truncated (names file and record).
     """
     keras.utils.set_random_seed(train_cfg.seed)
     spec = records.read_spec(records_dir)
@@ -167,11 +170,12 @@ def train(
             model.name, train_clips, steps_per_epoch, spec.clip_shape, train_cfg.epochs,
         )  # fmt: skip
         start = time.perf_counter()
-        model.fit(
-            train_ds, validation_data=val_ds, epochs=train_cfg.epochs, verbose=verbose,
-            callbacks=[first, *make_callbacks(paths, train_cfg, resuming)],
-            shuffle=False,  # the dataset shuffles itself
-        )  # fmt: skip
+        with reading_records(records_dir, spec, "train", "val"):  # a damaged shard: one error naming it
+            model.fit(
+                train_ds, validation_data=val_ds, epochs=train_cfg.epochs, verbose=verbose,
+                callbacks=[first, *make_callbacks(paths, train_cfg, resuming)],
+                shuffle=False,  # the dataset shuffles itself
+            )  # fmt: skip
         seconds = time.perf_counter() - start
     finally:
         if mixed:
@@ -391,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.output, read_params(args.params), records_dir=records_dir, config=mlflow_cfg, model=result.model
             )
             print(f"MLflow run {run_id} ({tracking.tracking_uri()})")
+    except DamagedRecordsError as exc:  # the data, not the command, is wrong
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, ContractError, EmptySplitError, FileNotFoundError, FloatingPointError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
