@@ -65,25 +65,34 @@ def run(input_path: str, output: str, cfg: PreprocessConfig, beam_args: list[str
 
     Raises:
         InputError: the input is missing or unusable (before any work).
+        staging.OutputError: the output overlaps the input, holds other data, is being written
+            by another run or cannot be written (before any work).
         TooManyErrors: too many videos failed; the previous output is left intact.
     """
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
+    with staging.claim(output, input_path) as stage_dir:
+        try:
+            return _run_into(stage_dir, input_path, output, cfg, options)
+        except TooManyErrors:
+            raise  # its staging folder keeps errors.jsonl for the user; the next run removes it
+        except BaseException:
+            staging.discard(stage_dir)
+            raise
+
+
+def _run_into(stage_dir: str, input_path: str, output: str, cfg: PreprocessConfig, options: PipelineOptions) -> Summary:
     listing = list_videos(input_path, cfg.splits, cfg.split_salt)
     if not listing.classes:
         raise InputError(f"no usable videos in {input_path}: every entry failed listing ({listing.errors[0]['reason']})")
+    staging.check_apart(output, [item.path for item in listing.items], what="the input video")
     logger.info("found %d videos in %d classes under %s", len(listing.items), len(listing.classes), input_path)
-    stage_dir = staging.new_staging_dir(output)
-    try:
-        with beam.Pipeline(options=options) as pipeline:
-            transforms.build(pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir)
-        stats = transforms.read_stats(stage_dir)
-        errors = transforms.read_errors(stage_dir)
-    except BaseException:
-        staging.discard(stage_dir)
-        raise
+    with beam.Pipeline(options=options) as pipeline:
+        transforms.build(pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir)
+    stats = transforms.read_stats(stage_dir)
+    errors = transforms.read_errors(stage_dir)
     total = len(listing.items) + len(listing.errors)
-    _check_error_fraction(errors, total, cfg, stage_dir)
+    _check_error_fraction(errors, total, cfg, stage_dir, output)
     spec = records.DatasetSpec(
         sequence_length=cfg.sequence_length,
         height=cfg.height,
@@ -130,14 +139,15 @@ def _write_empty_errors_file(stage_dir: str, errors: list[dict]) -> None:
             pass
 
 
-def _check_error_fraction(errors: list[dict], total: int, cfg: PreprocessConfig, stage_dir: str) -> None:
+def _check_error_fraction(errors: list[dict], total: int, cfg: PreprocessConfig, stage_dir: str, output: str) -> None:
     if not total or len(errors) / total <= cfg.max_error_fraction:
         return
     reasons = Counter(e["stage"] for e in errors).most_common()
     raise TooManyErrors(
         f"{len(errors)} of {total} videos failed ({len(errors) / total:.0%} > preprocess.max_error_fraction "
         f"{cfg.max_error_fraction:.0%}; by stage: {', '.join(f'{s} {n}' for s, n in reasons)}): "
-        f"see {FileSystems.join(stage_dir, records.ERRORS_JSONL)}; the previous output is left intact"
+        f"see {FileSystems.join(stage_dir, records.ERRORS_JSONL)} (kept until the next run into {output}); "
+        "the previous output is left intact"
     )
 
 
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_section(PreprocessConfig, args.params, "preprocess")
         summary = run(args.input, args.output, cfg, beam_args)
-    except (ConfigError, InputError) as exc:
+    except (ConfigError, InputError, staging.OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TooManyErrors as exc:

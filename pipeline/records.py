@@ -31,6 +31,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMAT_VERSION = 1
+#: ``dataset.json``'s ``format`` value: marks a folder as a records output that the job wrote
+#: (and so may replace). An older ``dataset.json`` without the key, written before the marker
+#: existed, is still read and still counts as a records output if it is otherwise valid.
+FORMAT_MARKER = "vidseq-records"
 
 FRAMES = "frames"
 LABEL = "label"
@@ -221,6 +225,7 @@ class DatasetSpec:
         compression: ``none`` or ``gzip`` (how the shards are compressed).
         sampling: the preprocessing parameters that produced the records.
         format_version: version of this contract.
+        format: always ``FORMAT_MARKER``; says the folder is a vidseq records output.
     """
 
     sequence_length: int
@@ -234,8 +239,14 @@ class DatasetSpec:
     compression: str = "none"
     sampling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    format: str = FORMAT_MARKER
 
     def __post_init__(self) -> None:
+        if self.format != FORMAT_MARKER:
+            raise ContractError(
+                f"dataset.json: format {self.format!r} but vidseq records say {FORMAT_MARKER!r}: "
+                "this is not a records folder written by python -m pipeline"
+            )
         for name in ("sequence_length", "height", "width", "channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -266,7 +277,7 @@ class DatasetSpec:
         data["classes"] = list(self.classes)
         data["splits"] = {k: dict(v) for k, v in self.splits.items()}
         data["sampling"] = dict(self.sampling)
-        return {"format_version": data.pop("format_version"), **data}
+        return {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
