@@ -9,7 +9,11 @@ pyfunc ``video_classifier`` (:mod:`training.serving`) and registers it as a new 
 version only if its ``register.metric`` (video-level test accuracy) is at least
 ``register.min_accuracy`` and not worse than the current champion's: TFX's "blessing" with
 MLflow aliases (stages are deprecated). Aliases move atomically
-(``set_registered_model_alias``). The decision, its reason and the aliases are written to
+(``set_registered_model_alias``) but MLflow has no compare-and-set, so the gate converges
+instead: each version is tagged with its metric and whether it passed ``min_accuracy``, and
+a registration points ``@champion`` at the best passed version it sees, re-reading until the
+alias agrees (:func:`settle_champion`); concurrent registrations thus end on the best one.
+The decision, its reason and the aliases (as read at the end) are written to
 ``registry.json`` and set as tags on the version and the run.
 """
 
@@ -33,6 +37,11 @@ logger = logging.getLogger(__name__)
 TAG_PREFIX = "vidseq."
 
 
+GATE_TAG = TAG_PREFIX + "gate"  # "passed" on a version whose metric reached register.min_accuracy
+PASSED = "passed"
+MAX_ROUNDS = 20  # alias write + re-read rounds; concurrent registrations settle in a few
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """The promotion gate's verdict.
@@ -46,29 +55,54 @@ class Decision:
     reason: str
 
 
-def decide(metric: str, value: float, min_accuracy: float, champion: tuple[str, float | None] | None) -> Decision:
+def passes(value: float, min_accuracy: float) -> bool:
+    """Whether a version with metric ``value`` may ever be champion (``False`` for NaN)."""
+    return value >= min_accuracy
+
+
+def ranking(version: int | str, value: float | None) -> tuple[float, int]:
+    """The order of champions: the higher metric wins, a tie goes to the newer version.
+
+    A value of ``None`` (a champion without a recorded metric) counts as 0.
+    """
+    return (0.0 if value is None else value, int(version))
+
+
+def decide(
+    metric: str,
+    value: float,
+    min_accuracy: float,
+    champion: tuple[str, float | None] | None,
+    *,
+    version: int | None = None,
+) -> Decision:
     """The promotion gate (pure).
 
     Args:
         metric: the compared metric's name, for the reason.
         value: the new version's metric.
         min_accuracy: the lowest value a champion may have.
-        champion: ``(version, value)`` of the current champion (value ``None`` if it has no
-            recorded value: compared as 0), or ``None`` if there is none.
+        champion: ``(version, value)`` of the best other version (the champion; value ``None``
+            if it has no recorded value: compared as 0), or ``None`` if there is none.
+        version: the new version's number; ``None`` means newer than ``champion``.
 
     Returns:
-        Promote iff ``value >= min_accuracy`` and ``value >=`` the champion's value.
+        Promote iff ``value >= min_accuracy`` and ``value >=`` the champion's value (on a tie,
+        iff the new version is the newer one: the order of :func:`ranking`).
     """
     passed = f"{metric} {value:.4f} >= register.min_accuracy {min_accuracy:.4f}"
-    if not value >= min_accuracy:  # also catches NaN
+    if not passes(value, min_accuracy):  # also catches NaN
         return Decision(False, f"{metric} {value:.4f} is below register.min_accuracy {min_accuracy:.4f}")
     if champion is None:
         return Decision(True, f"{passed} and there is no champion yet")
-    version, best = champion
+    other, best = champion
     best_value = 0.0 if best is None else best
-    if value >= best_value:
-        return Decision(True, f"{passed} and >= champion v{version}'s {best_value:.4f}")
-    return Decision(False, f"{metric} {value:.4f} is worse than champion v{version}'s {best_value:.4f}")
+    newer = version is None or version > int(other)
+    if value > best_value or (value == best_value and newer):
+        return Decision(True, f"{passed} and >= champion v{other}'s {best_value:.4f}")
+    if value == best_value:
+        return Decision(False, f"{metric} {value:.4f} ties the newer champion v{other}'s {best_value:.4f}")
+    return Decision(False, f"{metric} {value:.4f} is worse than champion v{other}'s {best_value:.4f}")
 
 
 def current_champion(client: Any, name: str, metric: str) -> tuple[str, float | None] | None:
@@ -95,8 +129,61 @@ def current_champion(client: Any, name: str, metric: str) -> tuple[str, float | 
     return version.version, None
 
 
+def passed_versions(client: Any, name: str, metric: str) -> dict[int, float]:
+    """``{version: metric value}`` of every version of ``name`` tagged as having passed the gate."""
+    found: dict[int, float] = {}
+    token = None
+    while True:
+        page = client.search_model_versions(f"name='{name}'", page_token=token)
+        for version in page:
+            value = version.tags.get(TAG_PREFIX + metric)
+            if version.tags.get(GATE_TAG) == PASSED and value is not None:
+                found[int(version.version)] = float(value)
+        token = page.token
+        if not token:
+            return found
+
+
+def settle_champion(
+    client: Any, name: str, metric: str
+) -> tuple[tuple[str, float | None] | None, dict[int, float | None], list[dict[str, int | None]]]:
+    """Points ``@champion`` at the best version that passed the gate, until a re-read agrees.
+
+    MLflow has no compare-and-set for aliases, so concurrent registrations may overwrite each
+    other's alias with a stale choice. Each one therefore writes the best version it sees
+    (:func:`ranking` over the passed versions and the current champion), re-reads, and
+    repeats until the alias is the best it sees. Versions are only ever added, so the last
+    writer's re-read sees every version registered before it, and any later one is seen by
+    its own registration: ``@champion`` ends on the best passed version whatever the
+    interleaving.
+
+    Returns:
+        ``(champion, candidates, moves)``: the champion and the ``{version: value}``
+        candidates of the last read, and the alias moves this call made (``{"from", "to"}``).
+    """
+    moves: list[dict[str, int | None]] = []
+    for _ in range(MAX_ROUNDS):
+        champion = current_champion(client, name, metric)
+        candidates: dict[int, float | None] = dict(passed_versions(client, name, metric))
+        if champion is not None:
+            candidates.setdefault(int(champion[0]), champion[1])
+        if not candidates:
+            return champion, candidates, moves
+        best = max(candidates, key=lambda v: ranking(v, candidates[v]))
+        if champion is not None and int(champion[0]) == best:
+            return champion, candidates, moves
+        client.set_registered_model_alias(name, CHAMPION, str(best))
+        moves.append({"from": None if champion is None else int(champion[0]), "to": best})
+    logger.warning("@champion of %s still moving after %d rounds: reporting the last read", name, MAX_ROUNDS)
+    return champion, candidates, moves
+
+
 def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterConfig) -> dict[str, Any]:
     """Registers ``model_uri`` as a new version of ``cfg.model_name`` and applies the gate.
+
+    The version is created with its metric and whether it passed ``min_accuracy`` as tags;
+    :func:`settle_champion` then moves ``@champion`` to the best passed version (this one or
+    another), and the record states the outcome as read at the end.
 
     Returns:
         The registry record (see :func:`register`).
@@ -104,18 +191,28 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
     import mlflow
 
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(model_uri, cfg.model_name, tags={TAG_PREFIX + cfg.metric: str(value)})
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
-    previous = current_champion(client, cfg.model_name, cfg.metric)
-    decision = decide(cfg.metric, value, cfg.min_accuracy, previous)
-    if decision.promote:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, version.version)
-    champion = current_champion(client, cfg.model_name, cfg.metric)
-    aliases = sorted(client.get_model_version(cfg.model_name, version.version).aliases)
+    name = cfg.model_name
+    previous = current_champion(client, name, cfg.metric)
+    tags = {TAG_PREFIX + cfg.metric: str(value), GATE_TAG: PASSED if passes(value, cfg.min_accuracy) else "failed"}
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    mine = int(version.version)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    champion, candidates, moves = settle_champion(client, name, cfg.metric)
+    others = {v: x for v, x in candidates.items() if v != mine}
+    best_other = max(others, key=lambda v: ranking(v, others[v])) if others else None
+    decision = decide(
+        cfg.metric, value, cfg.min_accuracy, None if best_other is None else (str(best_other), others[best_other]),
+        version=mine,
+    )  # fmt: skip
+    is_champion = champion is not None and int(champion[0]) == mine
+    if decision.promote != is_champion:  # only if settle_champion ran out of rounds: report what is
+        holder = "this version" if is_champion else f"v{champion[0]}" if champion else "no version"
+        decision = Decision(is_champion, f"@champion is {holder} while registrations still move it ({decision.reason})")
+    aliases = sorted(client.get_model_version(name, version.version).aliases)
     record = {
-        "model_name": cfg.model_name,
-        "version": int(version.version),
-        "model_uri": f"models:/{cfg.model_name}/{version.version}",
+        "model_name": name,
+        "version": mine,
+        "model_uri": f"models:/{name}/{version.version}",
         "source": model_uri,
         "run_id": run_id,
         "aliases": aliases,
@@ -126,9 +223,10 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
         "min_accuracy": cfg.min_accuracy,
         "previous_champion": None if previous is None else {"version": int(previous[0]), cfg.metric: previous[1]},
         "champion": None if champion is None else {"version": int(champion[0]), cfg.metric: champion[1]},
+        "champion_moves": moves,
     }
     for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("registry", json.dumps(record))):
-        client.set_model_version_tag(cfg.model_name, version.version, TAG_PREFIX + key, tag)
+        client.set_model_version_tag(name, version.version, TAG_PREFIX + key, tag)
     return record
 
 
