@@ -16,6 +16,10 @@ needs:
 4. each clip is yielded as soon as its last frame is ready, so memory stays bounded however
    long the video is.
 
+A caller that decodes untrusted input (the served model) passes :class:`DecodeLimits`: frame
+size checked from the stream header before any frame is decoded, a cap on decoded frames and
+on the stated duration, and a wall-clock budget; breaking one stops decoding at once.
+
 Bad input raises :class:`VideoError` (``reason``, ``stage``), never a PyAV exception. An error
 met part way through the stream is raised when it is met: the clips yielded before it are
 complete and correct, the caller decides whether to keep them (``list(iter_clips(...))``
@@ -43,12 +47,12 @@ from pipeline import clips as clip_sampling
 from pipeline.config import PreprocessConfig
 from pipeline.frames import FrameConverter, decode_image, display_size, encode_image
 
-__all__ = ["EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe"]
+__all__ = ["DecodeLimits", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe"]
 
 log = logging.getLogger(__name__)
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
-STAGES = ("open", "probe", "decode", "sample", "timeout")
+STAGES = ("open", "probe", "decode", "sample", "timeout", "limit")
 
 # A frame at time f serves target t when f <= t + tolerance; the tolerance absorbs time-base
 # rounding (Matroska stores milliseconds: the 3rd frame at 30 fps is at 0.067 s, not 0.0667 s),
@@ -63,7 +67,8 @@ class VideoError(Exception):
 
     Attributes:
         reason: one line naming the problem, e.g. ``no video stream (streams: audio)``.
-        stage: where it failed: ``open``, ``probe``, ``decode``, ``sample`` or ``timeout``.
+        stage: where it failed: ``open``, ``probe``, ``decode``, ``sample``, ``timeout`` or
+            ``limit`` (a :class:`DecodeLimits` cap).
     """
 
     def __init__(self, reason: str, stage: str):
@@ -115,6 +120,57 @@ class EncodedClip:
     timestamps: tuple[float, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """Caps on what decoding one video may cost; ``None`` means no cap.
+
+    Attributes:
+        max_pixels: width × height of a frame, checked from the stream header before
+            decoding and again on every decoded frame (a stream may change size).
+        max_frames: frames decoded (or packets demuxed when scanning for the duration).
+        max_duration_s: the video's duration, from the metadata or the demux scan.
+        timeout_s: wall-clock budget for the whole video (the smaller of this and
+            ``iter_clips``' ``timeout_s`` applies).
+        names: how messages name each cap's setting, e.g. ``{"max_pixels": "VIDSEQ_MAX_PIXELS"}``.
+    """
+
+    max_pixels: int | None = None
+    max_frames: int | None = None
+    max_duration_s: float | None = None
+    timeout_s: float | None = None
+    names: tuple[tuple[str, str], ...] = ()
+
+    def setting(self, field: str) -> str:
+        return dict(self.names).get(field, field)
+
+    def check_pixels(self, width: int, height: int) -> None:
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            raise VideoError(
+                f"frames of {width}x{height} ({width * height} pixels) are over the limit of "
+                f"{self.max_pixels} pixels ({self.setting('max_pixels')}): send a smaller video",
+                "limit",
+            )
+
+    def check_frames(self, count: int) -> None:
+        if self.max_frames is not None and count > self.max_frames:
+            raise VideoError(
+                f"the video has more than {self.max_frames} frames ({self.setting('max_frames')}): "
+                "send a shorter video",
+                "limit",
+            )
+
+    def check_duration(self, duration_s: float) -> None:
+        if self.max_duration_s is not None and duration_s > self.max_duration_s:
+            raise VideoError(
+                f"the video lasts {duration_s:.1f} s, over the limit of {self.max_duration_s:g} s "
+                f"({self.setting('max_duration_s')}): send a shorter video",
+                "limit",
+            )
+
+
+NO_LIMITS = DecodeLimits()
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -147,7 +203,12 @@ def probe(source: Source, name: str = "") -> VideoInfo:
 
 
 def iter_clips(
-    source: Source, cfg: PreprocessConfig, *, name: str = "", timeout_s: float | None = None
+    source: Source,
+    cfg: PreprocessConfig,
+    *,
+    name: str = "",
+    timeout_s: float | None = None,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Iterator[EncodedClip]:
     """Decodes a video once and yields its clips, each as soon as it is complete.
 
@@ -157,26 +218,33 @@ def iter_clips(
         name: how to name the video in log messages.
         timeout_s: time limit for the whole video, checked per packet, per frame and in
             every read of a file object; ``None`` for no limit.
+        limits: caps for untrusted input (frame size, frames, duration, time budget).
 
     Yields:
         :class:`EncodedClip` objects in time order.
 
     Raises:
         VideoError: for a file that is not a video, has no video stream, breaks while
-            decoding, is too short with ``short_video=skip``, or takes too long.
+            decoding, is too short with ``short_video=skip``, takes too long, or breaks
+            one of ``limits`` (stage ``limit``).
     """
-    deadline = _Deadline(timeout_s)
-    with _open_video(source, name, deadline, cfg.decode_threads) as (container, stream, duration):
+    deadline = _Deadline.of(timeout_s, limits)
+    with _open_video(source, name, deadline, cfg.decode_threads, limits) as (container, stream, duration):
         try:
             plans = clip_sampling.plan_from_config(duration, cfg)
         except clip_sampling.SamplingError as exc:
             raise VideoError(str(exc), "sample") from exc
         log.debug("%s: %.2f s, %d clip(s) planned", name, duration, len(plans))
-        yield from _decode_clips(container, stream, plans, cfg, deadline, duration)
+        yield from _decode_clips(container, stream, plans, cfg, deadline, duration, limits)
 
 
 def iter_clip_arrays(
-    source: Source, cfg: PreprocessConfig, *, name: str = "", timeout_s: float | None = None
+    source: Source,
+    cfg: PreprocessConfig,
+    *,
+    name: str = "",
+    timeout_s: float | None = None,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Iterator[tuple[EncodedClip, np.ndarray]]:
     """Like :func:`iter_clips`, with each clip's frames decoded back into a (T, H, W, 3) array.
 
@@ -185,7 +253,7 @@ def iter_clip_arrays(
     serving) decodes with training's own parser instead (``training.data.parse_clip``).
     """
     previous: dict[int, np.ndarray] = {}  # source frame index -> array, of the last clip only
-    for clip in iter_clips(source, cfg, name=name, timeout_s=timeout_s):
+    for clip in iter_clips(source, cfg, name=name, timeout_s=timeout_s, limits=limits):
         current: dict[int, np.ndarray] = {}
         for index, data in zip(clip.frame_indices, clip.frames):
             if index not in current:
@@ -200,15 +268,21 @@ def iter_clip_arrays(
 class _Deadline:
     """A wall-clock limit; ``check()`` raises ``VideoError(stage="timeout")`` once it has passed."""
 
-    def __init__(self, timeout_s: float | None):
+    def __init__(self, timeout_s: float | None, setting: str = "preprocess.video_timeout_s"):
         self.timeout_s = timeout_s
+        self.setting = setting
         self.at = None if timeout_s is None else time.monotonic() + timeout_s
+
+    @classmethod
+    def of(cls, timeout_s: float | None, limits: DecodeLimits) -> _Deadline:
+        """The tighter of ``timeout_s`` (the preprocessing's) and ``limits.timeout_s``."""
+        if limits.timeout_s is not None and (timeout_s is None or limits.timeout_s < timeout_s):
+            return cls(limits.timeout_s, limits.setting("timeout_s"))
+        return cls(timeout_s)
 
     def check(self) -> None:
         if self.at is not None and time.monotonic() > self.at:
-            raise VideoError(
-                f"decoding took longer than {self.timeout_s:g} s (preprocess.video_timeout_s)", "timeout"
-            )
+            raise VideoError(f"decoding took longer than {self.timeout_s:g} s ({self.setting})", "timeout")
 
 
 class _DeadlineReader:
@@ -248,9 +322,12 @@ def _errors(stage: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _open_video(
-    source: Source, name: str, deadline: _Deadline, threads: int
+    source: Source, name: str, deadline: _Deadline, threads: int, limits: DecodeLimits = NO_LIMITS
 ) -> Iterator[tuple[Any, Any, float]]:
-    """Opens ``source`` and yields ``(container, video stream, duration in seconds)``."""
+    """Opens ``source`` and yields ``(container, video stream, duration in seconds)``.
+
+    ``limits``' frame size and duration are checked here, before any frame is decoded.
+    """
     if isinstance(source, (str, os.PathLike)):
         target: Any = os.fspath(source)
         start = None
@@ -260,16 +337,18 @@ def _open_video(
     container = _open_container(target)
     try:
         stream = _video_stream(container)
+        limits.check_pixels(stream.codec_context.width, stream.codec_context.height)
         duration = _metadata_duration(container, stream)
         if duration is None:
             log.debug("%s: no duration in the metadata, scanning packets", name)
             with _errors("probe"):
-                duration = _scan_duration(container, stream, deadline)
+                duration = _scan_duration(container, stream, deadline, limits)
             container.close()
             if start is not None:
                 source.seek(start)  # type: ignore[union-attr]
             container = _open_container(target)
             stream = _video_stream(container)
+        limits.check_duration(duration)
         context = stream.codec_context
         context.thread_type = "AUTO"
         if threads:
@@ -310,13 +389,14 @@ def _metadata_duration(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _scan_duration(container: Any, stream: Any, deadline: _Deadline) -> float:
+def _scan_duration(container: Any, stream: Any, deadline: _Deadline, limits: DecodeLimits = NO_LIMITS) -> float:
     """The video stream's duration from a demux-only pass over its packets (no decoding)."""
     rate = stream.average_rate or stream.guessed_rate
     default_step = int(1 / (rate * stream.time_base)) if rate else 0
     first = last_end = None
-    for packet in container.demux(stream):
+    for count, packet in enumerate(container.demux(stream), 1):
         deadline.check()
+        limits.check_frames(count)
         if packet.pts is None:
             continue
         end = packet.pts + (packet.duration or default_step)
@@ -430,6 +510,7 @@ def _decode_clips(
     cfg: PreprocessConfig,
     deadline: _Deadline,
     duration: float,
+    limits: DecodeLimits = NO_LIMITS,
 ) -> Iterator[EncodedClip]:
     """The decode loop: every frame once, in order; only served frames are converted."""
     rate = stream.average_rate or stream.guessed_rate
@@ -450,6 +531,8 @@ def _decode_clips(
             deadline.check()
             for frame in packet.decode():
                 deadline.check()
+                limits.check_frames(count + 1)
+                limits.check_pixels(frame.width, frame.height)
                 pts = frame.pts
                 if pts is None:
                     pts = held_pts + step if held is not None else 0

@@ -378,3 +378,39 @@ def test_decode_threads_setting(mp4):
     assert [c.frame_indices for c in video.iter_clips(mp4, single)] == [
         c.frame_indices for c in video.iter_clips(mp4, cfg)
     ]
+
+
+# --------------------------------------------------------------------------- limits for untrusted input
+
+
+def test_frames_over_max_pixels_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "wide.mp4"
+    write_video(str(path), counter_frames(size=(128, 128)), SOURCE_FPS, "mp4")
+    limits = video.DecodeLimits(max_pixels=64 * 64, names=(("max_pixels", "VIDSEQ_MAX_PIXELS"),))
+    with monkeypatch.context() as patch:
+        patch.setattr(video, "_decode_clips", lambda *args: pytest.fail("the decode loop was entered"))
+        with pytest.raises(video.VideoError) as error:
+            list(video.iter_clips(io.BytesIO(path.read_bytes()), config(), limits=limits))
+    assert error.value.stage == "limit"
+    assert "128x128 (16384 pixels)" in error.value.reason and "VIDSEQ_MAX_PIXELS" in error.value.reason
+    assert len(list(video.iter_clips(str(path), config(), limits=video.DecodeLimits(max_pixels=128 * 128)))) == 2
+
+
+def test_max_frames_stops_decoding_and_max_duration_refuses_before(mp4):
+    with pytest.raises(video.VideoError) as error:
+        list(video.iter_clips(str(mp4), config(), limits=video.DecodeLimits(max_frames=5)))
+    assert error.value.stage == "limit" and "more than 5 frames" in error.value.reason
+    with pytest.raises(video.VideoError) as error:
+        list(video.iter_clips(str(mp4), config(), limits=video.DecodeLimits(max_duration_s=0.5)))
+    assert error.value.stage == "limit" and "lasts 1.0 s, over the limit of 0.5 s" in error.value.reason
+    assert len(list(video.iter_clips(str(mp4), config(), limits=video.DecodeLimits(max_frames=24)))) == 2
+
+
+def test_the_decode_budget_of_limits_stops_decoding_and_names_its_setting(mp4):
+    limits = video.DecodeLimits(timeout_s=1e-6, names=(("timeout_s", "VIDSEQ_DECODE_TIMEOUT_S"),))
+    with pytest.raises(video.VideoError) as error:
+        list(video.iter_clips(str(mp4), config(), timeout_s=300.0, limits=limits))
+    assert error.value.stage == "timeout" and "(VIDSEQ_DECODE_TIMEOUT_S)" in error.value.reason
+    with pytest.raises(video.VideoError) as error:  # the tighter budget wins
+        list(video.iter_clips(str(mp4), config(), timeout_s=1e-6, limits=video.DecodeLimits(timeout_s=300.0)))
+    assert "(preprocess.video_timeout_s)" in error.value.reason

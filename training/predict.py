@@ -1,6 +1,7 @@
 """Prediction CLI: classifies video files with a trained model, one JSON line per video.
 
-``python -m training.predict VIDEO [VIDEO...] [--model REF] [--top-k K] [--params params.yaml]``
+``python -m training.predict VIDEO [VIDEO...] [--model REF] [--top-k K] [--params params.yaml]
+[--max-pixels N] [--max-frames N] [--max-seconds S] [--decode-timeout S]``
 
 ``REF`` is a training output folder (``model.keras`` + ``dataset.json``), an MLflow model
 folder, or an MLflow model URI; the default is the registered champion,
@@ -9,24 +10,35 @@ folder, or an MLflow model URI; the default is the registered champion,
 (:mod:`training.serving`) and the clip probabilities averaged. Each video prints
 ``{"video", "label", "probabilities", "clips"}`` (``top_k`` instead of ``probabilities``
 with ``--top-k``); a video that cannot be read prints ``{"video", "error"}`` and the others
-are still answered. Exit status: 0 all classified, 1 some video failed, 2 bad model or usage.
+are still answered. The per-video limits of :mod:`training.limits` apply (``VIDSEQ_*``
+variables, overridden by the flags). An MLflow model is loaded through a temporary copy, so a
+read-only store works. Exit status: 0 all classified, 1 some video failed, 2 bad model or usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
+from urllib.parse import urlparse
 
 from pipeline.config import DEFAULT_PARAMS, ConfigError, load_section
 from pipeline.records import ContractError
 
+from training.limits import CLI_FLAGS, Limits
 from training.orchestration_config import RegisterConfig
 
 logger = logging.getLogger(__name__)
+
+# URI schemes MLflow resolves to a model store (``models:/``, ``runs:/``, artifact stores).
+MODEL_URI_SCHEMES = ("models", "runs", "file", "mlflow-artifacts", "s3", "gs", "wasbs", "abfss", "hdfs", "dbfs")
 
 
 class ModelLoadError(RuntimeError):
@@ -37,8 +49,9 @@ def load_classifier(reference: str) -> Any:
     """Loads a :class:`training.serving.VideoClassifier` from a folder or an MLflow URI.
 
     Raises:
-        ModelLoadError: for a missing folder, an unknown model or alias, or a model that is
-            not a video classifier (e.g. the tensor-only ``keras_model``).
+        ModelLoadError: for a missing folder, an unsupported URI, an unknown model or alias,
+            a damaged ``model.keras``, or a model that is not a video classifier (e.g. the
+            tensor-only ``keras_model``).
     """
     from training.artifacts import MODEL_FILE
     from training.serving import VideoClassifier
@@ -47,12 +60,19 @@ def load_classifier(reference: str) -> Any:
         if os.path.exists(os.path.join(reference, MODEL_FILE)):
             try:
                 return VideoClassifier.from_dir(reference)
-            except FileNotFoundError as exc:
+            except (FileNotFoundError, ContractError) as exc:
                 raise ModelLoadError(str(exc)) from exc
         if os.path.exists(os.path.join(reference, "MLmodel")):
             return _load_mlflow(reference)
         raise ModelLoadError(f"{reference} holds neither {MODEL_FILE} + dataset.json nor an MLflow model (MLmodel)")
     if ":/" in reference:
+        scheme = urlparse(reference).scheme.lower()
+        if scheme not in MODEL_URI_SCHEMES:
+            raise ModelLoadError(
+                f"unsupported model URI {reference}: {scheme}: is not an MLflow model store; give a training "
+                "output folder, an MLflow model folder or a URI such as models:/vidseq-cnn-lstm@champion, "
+                "runs:/<run id>/video_classifier, file:///path or s3://bucket/path"
+            )
         return _load_mlflow(reference)
     raise ModelLoadError(
         f"model {reference} not found: give a training output folder (model.keras + dataset.json), "
@@ -68,9 +88,13 @@ def _load_mlflow(uri: str) -> Any:
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        model = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as exc:
-        message = str(getattr(exc, "message", exc)).strip().splitlines()[0]
+        # Into a private copy: loading a local registered model writes registered_model_meta
+        # into the store's model folder, which fails on a read-only store.
+        model = mlflow.pyfunc.load_model(uri, dst_path=_scratch_dir())
+    except Exception as exc:  # MLflow, the artifact store and Keras each raise their own types
+        logger.debug("loading %s", uri, exc_info=True)
+        text = str(getattr(exc, "message", exc)).strip()
+        message = text.splitlines()[0] if text else type(exc).__name__
         raise ModelLoadError(f"cannot load {uri} from {tracking_uri()}: {message}") from exc
     try:
         classifier = getattr(model.unwrap_python_model(), "classifier", None)
@@ -84,6 +108,13 @@ def _load_mlflow(uri: str) -> Any:
     return classifier
 
 
+def _scratch_dir() -> str:
+    """A temporary folder that lives as long as the process (the model's code is imported from it)."""
+    path = tempfile.mkdtemp(prefix="vidseq-model-")
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
 def predict_video(classifier: Any, path: str, top_k: int | None = None) -> dict[str, Any]:
     """Classifies one video file.
 
@@ -92,14 +123,17 @@ def predict_video(classifier: Any, path: str, top_k: int | None = None) -> dict[
     """
     from pipeline.video import VideoError
 
-    if not os.path.isfile(path):
-        return {"video": path, "error": f"open: no such file: {path}"}
+    from training.video_input import check_local_file
+
+    problem = check_local_file(path)
+    if problem:
+        return {"video": path, "error": f"open: {problem}"}
     try:
         result = classifier.classify(path, name=path)
     except VideoError as exc:
         return {"video": path, "error": f"{exc.stage}: {exc.reason}"}
     except OSError as exc:
-        return {"video": path, "error": f"open: {exc}"}
+        return {"video": path, "error": f"open: {exc.strerror or exc}: {path}"}
     line: dict[str, Any] = {"video": path, "label": result["label"]}
     if top_k:
         ranked = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:top_k]
@@ -122,6 +156,20 @@ def default_model(params_path: str | None) -> str:
     return load_section(RegisterConfig, params_path, "register").champion_uri
 
 
+def cli_limits(args: argparse.Namespace) -> Limits:
+    """``VIDSEQ_*`` limits with the flags given on the command line on top.
+
+    Raises:
+        ConfigError: for a flag or variable that is not positive.
+    """
+    limits = Limits.load()
+    given = {field: getattr(args, field) for field in CLI_FLAGS if getattr(args, field) is not None}
+    for field, value in given.items():
+        if value <= 0:
+            raise ConfigError(f"{CLI_FLAGS[field]} must be positive, got {value}")
+    return dataclasses.replace(limits, **given)
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: one JSON line per video on stdout; exit 1 if any video failed, 2 on a bad model."""
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
@@ -129,16 +177,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="training output folder, MLflow model folder or URI (default: the champion)")
     parser.add_argument("--top-k", type=int, metavar="K", help="print the K most probable classes instead of all")
     parser.add_argument("--params", help="params file for register.model_name (default: params.yaml if present)")
+    defaults = Limits()
+    for field, flag in CLI_FLAGS.items():
+        kind = int if isinstance(getattr(defaults, field), int) else float
+        parser.add_argument(
+            flag, dest=field, type=kind, metavar="N",
+            help=f"per-video limit (default: VIDSEQ_{field.upper()} or {getattr(defaults, field)})",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be positive, got {args.top_k}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        limits = cli_limits(args)
         reference = args.model or default_model(args.params)
         classifier = load_classifier(reference)
     except (ConfigError, ContractError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    classifier.limits, classifier.limit_names = limits, CLI_FLAGS
     failed = 0
     for path in args.videos:
         line = predict_video(classifier, path, args.top_k)

@@ -10,26 +10,29 @@ into the video's.
 :class:`VideoClassifier` does that for ``training.predict``; :class:`VideoClassifierModel`
 wraps it as an ``mlflow.pyfunc.PythonModel`` whose artifacts are ``model.keras`` and
 ``dataset.json``. Served with ``mlflow models serve -m models:/vidseq-cnn-lstm@champion``, it
-takes a DataFrame whose ``video`` column holds a file path (on the server) or the video's
-bytes in base64, and answers one row per video::
+takes a DataFrame whose ``video`` column holds the video's bytes in base64 (or, when the
+operator sets ``VIDSEQ_SERVE_ALLOWED_ROOT``, a path inside that folder: :mod:`training.video_input`),
+and answers one row per video::
 
     POST /invocations {"dataframe_records": [{"video": "<base64>"}]}
     -> {"predictions": [{"label": "MoveLeft", "probabilities": {...}, "clips": 3, "error": null}]}
 
 A row whose video cannot be read gets ``error`` (``"<stage>: <reason>"``) and no label; the
-other rows are still answered.
+other rows are still answered. :mod:`training.limits` caps what a request and a video may cost:
+too many rows or bytes is refused whole (HTTP 429), a worker whose decode slots are all taken
+refuses at once (HTTP 503, ``busy: ...``), and a video over a cap gets ``limit: ...`` or
+``timeout: ...`` as soon as the cap is hit.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import mlflow
@@ -39,9 +42,13 @@ import pandas as pd
 from pipeline import records
 from pipeline.config import ConfigError, PreprocessConfig, from_mapping
 from pipeline.records import ContractError, DatasetSpec
-from pipeline.video import VideoError, iter_clips
+from pipeline.video import DecodeLimits, VideoError, iter_clips
 
 from training.artifacts import model_files
+from training.limits import Busy, DecodeGate, LimitExceeded, Limits, RequestBudget, release_memory
+from training.video_input import allowed_root, open_video
+
+__all__ = ["VideoClassifier", "VideoClassifierModel", "log_video_classifier", "open_video", "preprocess_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,38 +76,6 @@ def preprocess_config(spec: DatasetSpec) -> PreprocessConfig:
         raise ContractError(f"{exc}: re-run preprocessing with this vidseq version") from exc
 
 
-def open_video(value: Any) -> tuple[Any, str]:
-    """Turns a ``video`` cell into something PyAV opens and a name for messages.
-
-    Args:
-        value: a path to an existing file, the video's bytes in base64 (``data:`` URL prefix
-            allowed) or raw ``bytes``.
-
-    Returns:
-        ``(path or binary file object, name)``.
-
-    Raises:
-        VideoError: (stage ``open``) for anything else.
-    """
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return io.BytesIO(bytes(value)), f"<{len(value)} bytes>"
-    if not isinstance(value, str) or not value.strip():
-        raise VideoError(f"expected a file path or base64 video bytes, got {type(value).__name__}", "open")
-    if os.path.isfile(value):
-        return value, value
-    text = value.strip()
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        data = b""
-    if not data:
-        shown = value if len(value) <= 80 else value[:77] + "..."
-        raise VideoError(f"no such file, and not base64 video bytes: {shown}", "open")
-    return io.BytesIO(data), f"<{len(data)} base64-decoded bytes>"
-
-
 class VideoClassifier:
     """A trained Keras model and the spec it was trained on, classifying whole videos.
 
@@ -108,12 +83,22 @@ class VideoClassifier:
         model: a Keras model ``(batch, T, H, W, C) -> (batch, classes)``.
         spec: the ``dataset.json`` the model was trained on.
         batch_size: clips per forward pass.
+        limits: what one video (and one served request) may cost; the defaults if ``None``.
+        limit_names: how messages name each limit's setting (default the ``VIDSEQ_*`` variables;
+            ``training.predict`` names its flags).
 
     Raises:
         ContractError: if the model does not take the spec's clips or ``sampling`` is unusable.
     """
 
-    def __init__(self, model: Any, spec: DatasetSpec, batch_size: int = CLIP_BATCH):
+    def __init__(
+        self,
+        model: Any,
+        spec: DatasetSpec,
+        batch_size: int = CLIP_BATCH,
+        limits: Limits | None = None,
+        limit_names: Mapping[str, str] | None = None,
+    ):
         records.check_clip_shape(spec.clip_shape, tuple(model.input_shape[1:]), "the model")
         if model.output_shape[-1] != spec.num_classes:
             raise ContractError(
@@ -124,27 +109,32 @@ class VideoClassifier:
         self.spec = spec
         self.preprocess = preprocess_config(spec)
         self.batch_size = batch_size
+        self.limits = limits or Limits()
+        self.limit_names = dict(limit_names or {})
 
     @classmethod
-    def from_files(cls, model_path: str, dataset_json: str) -> VideoClassifier:
-        """Loads ``model.keras`` and its ``dataset.json``."""
-        import keras
+    def from_files(cls, model_path: str, dataset_json: str, **options: Any) -> VideoClassifier:
+        """Loads ``model.keras`` and its ``dataset.json``; ``options`` go to the constructor.
 
+        Raises:
+            ContractError: if ``model.keras`` is damaged (e.g. truncated) or not a Keras model.
+        """
         with open(dataset_json, encoding="utf-8") as handle:
             spec = DatasetSpec.from_json(handle.read(), source=dataset_json)
-        return cls(keras.saving.load_model(model_path, compile=False), spec)
+        return cls(load_keras_model(model_path), spec, **options)
 
     @classmethod
-    def from_dir(cls, model_dir: str) -> VideoClassifier:
+    def from_dir(cls, model_dir: str, **options: Any) -> VideoClassifier:
         """Loads a training output directory (``model.keras`` + ``dataset.json``).
 
         Raises:
             FileNotFoundError: naming the missing file.
+            ContractError: if ``model.keras`` is damaged.
         """
-        return cls.from_files(*model_files(model_dir))
+        return cls.from_files(*model_files(model_dir), **options)
 
-    def classify(self, source: Any, name: str = "") -> dict[str, Any]:
-        """Classifies one video (a path or a binary file object).
+    def classify(self, source: Any, name: str = "", limits: DecodeLimits | None = None) -> dict[str, Any]:
+        """Classifies one video (a path or a binary file object) within ``limits`` (default :attr:`limits`).
 
         Returns:
             ``{"label": str, "probabilities": {class: p}, "clips": n}``; probabilities are
@@ -156,7 +146,7 @@ class VideoClassifier:
         total = np.zeros(self.spec.num_classes, np.float64)
         count = 0
         batch: list[np.ndarray] = []
-        for frames in self.clip_arrays(source, name):
+        for frames in self.clip_arrays(source, name, limits):
             batch.append(frames)
             if len(batch) == self.batch_size:
                 total += self._predict(batch).sum(axis=0)
@@ -174,7 +164,7 @@ class VideoClassifier:
             "clips": count,
         }
 
-    def clip_arrays(self, source: Any, name: str = "") -> Iterator[np.ndarray]:
+    def clip_arrays(self, source: Any, name: str = "", limits: DecodeLimits | None = None) -> Iterator[np.ndarray]:
         """The video's clips exactly as training saw them: float32 ``(T, H, W, C)`` in [0, 1].
 
         Clips come from :func:`pipeline.video.iter_clips` with the records' preprocessing; each
@@ -183,14 +173,16 @@ class VideoClassifier:
         JPEG decoder (``INTEGER_FAST`` DCT) differs by a few levels from Pillow's.
 
         Raises:
-            VideoError: if the video cannot be decoded into clips.
+            VideoError: if the video cannot be decoded into clips or breaks a limit.
         """
         import tensorflow as tf
 
         from training.data import parse_clip
 
+        if limits is None:
+            limits = self.limits.decode_limits(names=self.limit_names)
         timeout = self.preprocess.video_timeout_s
-        for clip in iter_clips(source, self.preprocess, name=name, timeout_s=timeout):
+        for clip in iter_clips(source, self.preprocess, name=name, timeout_s=timeout, limits=limits):
             serialized = records.encode_clip(
                 clip.frames, 0, self.spec.classes[0], name or "video", clip.frame_indices, clip.timestamps
             )
@@ -200,21 +192,68 @@ class VideoClassifier:
     def _predict(self, batch: list[np.ndarray]) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(np.stack(batch)), dtype=np.float64)
 
-    def classify_value(self, value: Any) -> dict[str, Any]:
-        """Classifies one ``video`` cell; a bad video gives ``error`` instead of raising.
+    def classify_value(self, value: Any, root: str | None = None, limits: DecodeLimits | None = None) -> dict[str, Any]:
+        """Classifies one served ``video`` cell; a bad video gives ``error`` instead of raising.
+
+        Args:
+            value: base64, bytes, or a path inside ``root`` (see :func:`training.video_input.open_video`).
+            root: the folder path rows may name, or ``None`` for no path rows.
+            limits: the video's caps (default :attr:`limits`).
 
         Returns:
             ``{"label", "probabilities", "clips", "error"}``: ``error`` is ``None`` on
             success, else ``"<stage>: <reason>"`` with the other fields ``None``.
         """
         try:
-            source, name = open_video(value)
-            return {**self.classify(source, name), "error": None}
+            source, name = open_video(value, root)
+            with contextlib.closing(source):
+                return {**self.classify(source, name, limits), "error": None}
         except VideoError as exc:
             logger.info("video %s: %s (%s)", _short(value), exc.reason, exc.stage)
-            return {"label": None, "probabilities": None, "clips": None, "error": f"{exc.stage}: {exc.reason}"}
-        except OSError as exc:  # e.g. a path that exists but cannot be read
-            return {"label": None, "probabilities": None, "clips": None, "error": f"open: {exc}"}
+            return _error_row(f"{exc.stage}: {exc.reason}")
+        except OSError as exc:  # e.g. a file that breaks while being read
+            return _error_row(f"open: {exc.strerror or exc}")
+
+    def classify_values(self, values: Sequence[Any], root: str | None = None) -> list[dict[str, Any]]:
+        """Classifies the rows of one request within :attr:`limits`; rows left when the request's
+        budget is spent get a ``timeout`` error."""
+        budget = RequestBudget(self.limits, self.limit_names)
+        rows = []
+        for value in values:
+            try:
+                limits = budget.video_limits()
+            except VideoError as exc:
+                rows.append(_error_row(f"{exc.stage}: {exc.reason}"))
+                continue
+            rows.append(self.classify_value(value, root, limits))
+        return rows
+
+
+def load_keras_model(path: str) -> Any:
+    """``keras.saving.load_model`` with one clear error for a damaged file.
+
+    Raises:
+        ContractError: naming the file and the fix, for a truncated or non-Keras file.
+    """
+    import keras
+
+    if not zipfile.is_zipfile(path):
+        raise ContractError(
+            f"{path} is damaged (truncated?) or not a Keras .keras file: restore it or re-train "
+            "(python -m training.train)"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, KeyError, OSError, ... for a damaged archive
+        logger.debug("loading %s", path, exc_info=True)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ContractError(
+            f"{path} cannot be loaded as a Keras model ({detail}): restore it or re-train (python -m training.train)"
+        ) from exc
+
+
+def _error_row(error: str) -> dict[str, Any]:
+    return {"label": None, "probabilities": None, "clips": None, "error": error}
 
 
 def _short(value: Any) -> str:
@@ -244,19 +283,45 @@ def _video_values(model_input: Any) -> list[Any]:
 class VideoClassifierModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc: ``video`` column (path or base64) -> ``label``, ``probabilities``, ``clips``, ``error``.
 
-    Artifacts: ``keras_model`` (``model.keras``) and ``dataset`` (its ``dataset.json``).
+    Artifacts: ``keras_model`` (``model.keras``) and ``dataset`` (its ``dataset.json``). The
+    limits (:class:`training.limits.Limits`) and the allowed folder of path rows are read at load
+    time from the model's ``model_config`` and the ``VIDSEQ_*`` environment.
     """
 
     def load_context(self, context: Any) -> None:
-        self.classifier = VideoClassifier.from_files(context.artifacts["keras_model"], context.artifacts["dataset"])
+        self.limits = Limits.load(config=getattr(context, "model_config", None))
+        self.root = allowed_root()
+        self.gate = DecodeGate(self.limits.max_concurrent)
+        self.classifier = VideoClassifier.from_files(
+            context.artifacts["keras_model"], context.artifacts["dataset"], limits=self.limits
+        )
+        logger.info("limits %s; path rows %s", self.limits, f"under {self.root}" if self.root else "off")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Classifies every row; returns a DataFrame with :data:`OUTPUT_COLUMNS`.
 
         ``model_input`` is a DataFrame when served; a dict of columns, a list or a single
-        path or base64 string also work in-process.
+        base64 string also work in-process.
+
+        Raises:
+            MlflowException: ``REQUEST_LIMIT_EXCEEDED`` (HTTP 429) for too many rows or bytes,
+                ``TEMPORARILY_UNAVAILABLE`` (HTTP 503) when every decode slot is taken.
         """
-        rows = [self.classifier.classify_value(value) for value in _video_values(model_input)]
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE
+
+        values = _video_values(model_input)
+        try:
+            self.limits.check_request(values)
+            with self.gate.slot():
+                rows = self.classifier.classify_values(values, self.root)
+        except LimitExceeded as exc:
+            raise MlflowException(f"limit: {exc}", error_code=REQUEST_LIMIT_EXCEEDED) from None
+        except Busy as exc:
+            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
+        finally:
+            del values
+            release_memory()
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
