@@ -160,13 +160,14 @@ def claim(output: str, input_path: str) -> Iterator[str]:
         yield new_staging_dir(output)
         return
     target = os.path.realpath(output)
+    _check_replaceable_local(output, target)  # a refusal writes nothing, not even the lock file
     parent = os.path.dirname(target)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise OutputError(f"cannot write --output {output}: {parent} is a file, not a folder: choose an output in a folder")
     _writable(output, lambda: os.makedirs(parent, exist_ok=True))
     with _locked(output, target + ".lock"):
         _recover(target)
-        _check_replaceable_local(output, target)
+        _check_replaceable_local(output, target)  # again: another run may have published meanwhile
         stage_dir = new_staging_dir(target)
         _writable(output, lambda: os.mkdir(stage_dir))
         yield stage_dir

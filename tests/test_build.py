@@ -3,8 +3,10 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,21 @@ def write_params(folder: Path, **overrides) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump({"preprocess": {**PREPROCESS, **overrides}}))
     return path
+
+
+def previous_records(folder: Path, note: str = "previous") -> Path:
+    """A records output as an earlier run left it (marker included), told apart by its class name."""
+    spec = records.DatasetSpec(sequence_length=4, height=24, width=32, channels=3, frame_encoding="jpeg", classes=(note,))
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(spec.to_json())
+    (folder / "train-00000-of-00001.tfrecord").write_bytes(b"old")
+    return folder
+
+
+def one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = [x for x in result.stderr.splitlines() if "apitools not found" not in x]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
 def run_job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -147,14 +164,19 @@ def _key(r):
 def test_too_many_failures_exit_non_zero_and_keep_previous_output(job, dataset, tmp_path):
     out, _ = job
     root = dataset[0]
-    previous = tmp_path / "records"
-    previous.mkdir()
-    (previous / "dataset.json").write_text("{\"old\": true}")
+    previous = previous_records(tmp_path / "records")
+    before = (previous / "dataset.json").read_text()
     params = write_params(tmp_path, max_error_fraction=0.05)
     result = run_job("--input", str(root), "--output", str(previous), "--params", str(params), cwd=tmp_path)
     assert result.returncode == 1
     assert "preprocess.max_error_fraction" in result.stderr and "previous output is left intact" in result.stderr
-    assert (previous / "dataset.json").read_text() == "{\"old\": true}"
+    assert (previous / "dataset.json").read_text() == before
+    (kept,) = glob.glob(str(previous) + ".staging-*")
+    assert f"see {kept}/errors.jsonl (kept until the next run into {previous})" in result.stderr
+    assert os.path.getsize(os.path.join(kept, "errors.jsonl")) > 0
+    again = run_job("--input", str(root), "--output", str(previous), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not os.path.exists(kept)
 
 
 @pytest.mark.parametrize(
@@ -216,13 +238,13 @@ def test_multi_processing_direct_runner(dataset, job, tmp_path):
 
 def test_rerun_replaces_previous_output(dataset, tmp_path):
     root = dataset[0]
-    out = tmp_path / "records"
-    out.mkdir()
-    (out / "stale-00000-of-00001.tfrecord").write_bytes(b"old")
+    out = previous_records(tmp_path / "records")
+    (out / "val-00000-of-00001.tfrecord.gz").write_bytes(b"old")
     result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert not (out / "stale-00000-of-00001.tfrecord").exists()
-    assert (out / "dataset.json").exists()
+    assert not (out / "val-00000-of-00001.tfrecord.gz").exists()
+    assert records.read_spec(str(out)).classes == ("down", "left", "right")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "records"]  # no lock, old or staging left
 
 
 def test_manifest_input_with_missing_row(dataset, tmp_path):
@@ -246,9 +268,8 @@ def test_manifest_input_with_missing_row(dataset, tmp_path):
 
 def test_interrupted_run_keeps_previous_output_and_cleans_staging(dataset, tmp_path, monkeypatch):
     root = dataset[0]
-    out = tmp_path / "records"
-    out.mkdir()
-    (out / "dataset.json").write_text("previous")
+    out = previous_records(tmp_path / "records")
+    before = (out / "dataset.json").read_text()
 
     def interrupt(_):
         raise KeyboardInterrupt
@@ -256,5 +277,115 @@ def test_interrupted_run_keeps_previous_output_and_cleans_staging(dataset, tmp_p
     monkeypatch.setattr(build.transforms, "read_stats", interrupt)
     with pytest.raises(KeyboardInterrupt):
         build.main(["--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path))])
-    assert (out / "dataset.json").read_text() == "previous"
-    assert not glob.glob(str(out) + ".staging-*")
+    assert (out / "dataset.json").read_text() == before
+    assert not glob.glob(str(out) + ".staging-*") and not os.path.exists(str(out) + ".lock")
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{root}", "is the input"),
+        ("{root}/..", "contains the input"),
+        ("{root}/left", "lies inside the input"),
+        ("{work}/file", "is a file, not a folder"),
+        ("{work}/other", "already holds 1 entry (notes.txt)"),
+        ("{work}/file/out", "is a file, not a folder"),
+    ],
+)
+def test_output_the_job_did_not_write_is_refused_before_any_work(dataset, tmp_path, output, message):
+    root = dataset[0]
+    work = tmp_path / "work"
+    (work / "other").mkdir(parents=True)
+    (work / "other" / "notes.txt").write_text("notes")
+    (work / "file").write_text("precious")
+    params = write_params(tmp_path)
+
+    def snapshot():
+        return sorted((p, p.stat().st_mtime_ns) for p in [*root.rglob("*"), *tmp_path.rglob("*")])
+
+    before = snapshot()
+    argv = ["--input", str(root), "--output", output.format(root=root, work=work), "--params", str(params)]
+    result = run_job(*argv, cwd=tmp_path)
+    one_error_line(result, message)  # no log line either: stopped before listing or decoding
+    assert snapshot() == before
+
+
+def test_manifest_listing_a_video_inside_the_output_is_refused(dataset, tmp_path):
+    root = dataset[0]
+    out = previous_records(tmp_path / "out")  # replaceable, but the manifest reads a file inside it
+    (tmp_path / "list.csv").write_text(
+        f"path,label\n{root}/right/v_right_g00_c01.mp4,r\nout/train-00000-of-00001.tfrecord,l\n"
+    )
+    result = run_job("--input", str(tmp_path / "list.csv"), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    one_error_line(result, "contains the input video")
+    assert (out / "train-00000-of-00001.tfrecord").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["list.csv", "out", "params.yaml"]
+
+
+def _start_job(root: Path, out: Path, work: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["--input", str(root), "--output", str(out), "--params", str(write_params(work))]
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=work, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_staging(job: subprocess.Popen, out: Path, known: set) -> str:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        new = set(glob.glob(str(out) + ".staging-*")) - known
+        if new:
+            assert job.poll() is None, "the job ended; it should be blocked reading the FIFO"
+            return new.pop()
+        assert job.poll() is None, f"the job exited with {job.returncode} before it made its staging folder"
+        time.sleep(0.05)
+    raise AssertionError("no staging folder appeared")
+
+
+def test_kill_9_and_concurrent_runs(tmp_path):
+    """Runs blocked on a FIFO (a 'video' whose open() never returns) are mid-run for as long as the test wants."""
+    root = tmp_path / "raw"
+    for name, dx in (("left", -1), ("right", 1)):
+        for g in range(2):
+            write_tiny_video(root / name / f"v_{name}_g{g:02d}_c01.mp4", seconds=1.0, size=(16, 16), dx=dx, seed=g)
+    os.mkfifo(root / "left" / "v_left_g09_c01.mp4")
+    out = previous_records(tmp_path / "out")
+    before = (out / "dataset.json").read_text()
+    dead = set()
+    for _ in range(2):
+        first = _start_job(root, out, tmp_path)
+        try:
+            mine = _wait_for_staging(first, out, dead)
+            assert not any(os.path.exists(s) for s in dead), "a killed run's staging folder outlived the next run"
+            second = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+            one_error_line(second, f"--output {out} is being written by another run")
+            assert first.poll() is None and os.path.isdir(mine), "the refused run touched the running one"
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        dead.add(mine)
+        assert (out / "dataset.json").read_text() == before
+    assert glob.glob(str(out) + ".staging-*") == [mine]
+    os.unlink(root / "left" / "v_left_g09_c01.mp4")
+    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and not [x for x in result.stderr.splitlines() if x.startswith("error")]
+    assert records.read_spec(str(out)).classes == ("left", "right")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+
+
+def test_next_run_repairs_a_publish_killed_between_its_renames(dataset, tmp_path):
+    """The state a kill -9 between 'output -> output.old-*' and 'staging -> output' leaves."""
+    root = dataset[0]
+    old = previous_records(tmp_path / "out.old-0123abcd")
+    before = (old / "dataset.json").read_text()
+    (tmp_path / "out.staging-89abcdef").mkdir()
+    (tmp_path / "out.staging-89abcdef" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
+    bad = run_job("--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"),
+                  "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith("error: input path")
+    assert f"restored {tmp_path / 'out'} from {old}: a run died while publishing" in bad.stderr
+    assert (tmp_path / "out" / "dataset.json").read_text() == before  # repaired before anything else
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]
+    result = run_job("--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert records.read_spec(str(tmp_path / "out")).classes == ("down", "left", "right")

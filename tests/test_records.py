@@ -101,7 +101,8 @@ def test_dataset_json_round_trip(tmp_path):
     spec = _spec()
     assert spec.clip_shape == (8, 32, 48, 3) and spec.num_classes == 2
     data = json.loads(spec.to_json())
-    assert list(data)[0] == "format_version" and data["classes"] == ["a", "b"]
+    assert list(data)[:2] == ["format", "format_version"] and data["classes"] == ["a", "b"]
+    assert data["format"] == records.FORMAT_MARKER
     (tmp_path / records.DATASET_JSON).write_text(spec.to_json())
     assert records.read_spec(str(tmp_path)) == spec
 
@@ -114,12 +115,20 @@ def test_dataset_json_round_trip(tmp_path):
         ({"frame_encoding": "webp"}, "frame_encoding 'webp'"),
         ({"classes": ["a", "a"]}, "unique"),
         ({"extra": 1}, "unknown key"),
+        ({"format": "something-else"}, "not a records folder written by python -m pipeline"),
     ],
 )
 def test_dataset_json_validation(change, message):
     data = {**_spec().to_dict(), **change}
     with pytest.raises(ContractError, match=message):
         DatasetSpec.from_dict(data)
+
+
+def test_dataset_json_from_before_the_marker_is_still_read(tmp_path):
+    data = _spec().to_dict()
+    del data["format"]
+    (tmp_path / records.DATASET_JSON).write_text(json.dumps(data))
+    assert records.read_spec(str(tmp_path)) == _spec()
 
 
 def test_read_spec_missing_names_the_fix(tmp_path):

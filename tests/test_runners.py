@@ -72,7 +72,9 @@ def test_input_and_output_on_s3(raw, tmp_path):
         for path in sorted(raw.rglob("*")):
             if path.is_file():
                 s3.upload_file(str(path), "videos", f"raw/{path.relative_to(raw)}")
-        s3.put_object(Bucket="videos", Key="records/stale-00000-of-00001.tfrecord", Body=b"old")
+        old_spec = records.DatasetSpec(sequence_length=4, height=16, width=16, channels=3, frame_encoding="jpeg", classes=("old",))
+        s3.put_object(Bucket="videos", Key="records/dataset.json", Body=old_spec.to_json().encode())  # a records output
+        s3.put_object(Bucket="videos", Key="records/train-00007-of-00008.tfrecord", Body=b"old")
         result = _run(
             ["--input", "s3://videos/raw", "--output", "s3://videos/records", "--params", str(raw.parent / "params.yaml"),
              f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing", "--s3_secret_access_key=testing",
@@ -91,7 +93,7 @@ def test_input_and_output_on_s3(raw, tmp_path):
         assert records.read_spec("s3://videos/records").errors == 5  # readers work on the object store too
         assert lineage.errors_summary("s3://videos/records")["count"] == 5
         keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="videos", Prefix="records/")["Contents"])
-        assert "records/stale-00000-of-00001.tfrecord" not in keys
+        assert "records/train-00007-of-00008.tfrecord" not in keys
         assert not [k for k in s3.list_objects_v2(Bucket="videos")["Contents"] if ".staging-" in k["Key"]]
         local = tmp_path / "download"
         local.mkdir()
