@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import mlflow
 import pytest
@@ -34,6 +35,19 @@ def test_gate(value, minimum, champion, promote, reason):
     decision = reg.decide("video_accuracy", value, minimum, champion)
     assert decision.promote is promote
     assert reason in decision.reason
+
+
+@pytest.mark.parametrize(
+    "version, champion, promote, reason",
+    [
+        (4, ("3", 0.7), True, ">= champion v3's 0.7000"),  # a tie goes to the newer version
+        (4, ("5", 0.7), False, "ties the newer champion v5's 0.7000"),  # registered concurrently, later
+        (4, ("5", 0.6), True, ">= champion v5's 0.6000"),
+    ],
+)
+def test_gate_ties_go_to_the_newer_version(version, champion, promote, reason):
+    decision = reg.decide("video_accuracy", 0.7, 0.5, champion, version=version)
+    assert decision.promote is promote and reason in decision.reason
 
 
 @pytest.fixture
@@ -161,3 +175,116 @@ def test_repo_params_yaml_register_and_mlflow_sections_are_the_defaults():
     assert load_section(RegisterConfig, params, "register") == RegisterConfig()
     assert load_section(MlflowConfig, params, "mlflow") == MlflowConfig()
     assert RegisterConfig().champion_uri == "models:/vidseq-cnn-lstm@champion"
+
+
+# --------------------------------------------------------------------------- concurrent registrations
+
+
+class Interleaving:
+    """Holds chosen registrations between the gate's read and their first ``@champion`` write.
+
+    ``hold(name)`` starts ``register`` in a thread that stops just before it writes the alias
+    (its read is then stale for every version registered meanwhile); ``release(name)`` lets
+    it write and finish. The order of releases decides who writes last.
+    """
+
+    def __init__(self, monkeypatch):
+        self.gates: dict[str, tuple[threading.Event, threading.Event]] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self.results: dict[str, dict] = {}
+        self.go: dict[str, threading.Event] = {}
+        write = mlflow.MlflowClient.set_registered_model_alias
+
+        def held_write(client, name, alias, version):
+            gate = self.gates.pop(threading.current_thread().name, None) if alias == "champion" else None
+            if gate is not None:
+                gate[0].set()  # read done, write pending
+                assert gate[1].wait(120), "never released"
+            return write(client, name, alias, version)
+
+        monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", held_write)
+
+    def hold(self, name, register):
+        arrived, self.go[name] = self.gates[name] = (threading.Event(), threading.Event())
+
+        def target():
+            try:
+                self.results[name] = register()
+            finally:
+                arrived.set()  # also if it failed or ended without writing: hold() then says so
+
+        self.threads[name] = thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        assert arrived.wait(120) and thread.is_alive(), f"{name} never reached its @champion write"
+
+    def release(self, name):
+        self.go[name].set()
+        self.threads[name].join(120)
+        assert not self.threads[name].is_alive() and name in self.results, f"{name} did not finish"
+        return self.results[name]
+
+
+def tracked_copy(model_root, tmp_path, label):
+    model_dir = copy_model_dir(model_root, tmp_path / label)
+    tracking.track_training(str(model_dir), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
+    return model_dir
+
+
+def concurrent_registration(model_root, tmp_path, label, accuracy, name):
+    """A callable registering a private tracked copy of the tiny model; writes ``<label>/registry.json``."""
+    model_dir = tracked_copy(model_root, tmp_path, f"models-{label}")
+    metrics = write_metrics(tmp_path / f"metrics-{label}.json", model_root, accuracy)
+    output = tmp_path / label / "registry.json"
+    cfg = RegisterConfig(model_name=name, min_accuracy=0.5)
+
+    def run():
+        reg.register(str(model_dir), metrics, str(output), register_cfg=cfg, mlflow_cfg=MLFLOW, params=TINY_PARAMS)
+        return json.loads(output.read_text())  # what registry.json says
+
+    return run
+
+
+def test_the_worse_of_two_concurrent_registrations_writing_last_does_not_win(model_root, tmp_path, store, monkeypatch):
+    name = "race-two"
+    race = Interleaving(monkeypatch)
+    worse = concurrent_registration(model_root, tmp_path, "worse", 0.85, name)
+    better = concurrent_registration(model_root, tmp_path, "better", 0.95, name)
+    race.hold("worse", worse)  # read: no champion, only itself; about to make itself champion
+    best = better()  # registers, promotes itself, finishes
+    late = race.release("worse")  # now the stale write lands last
+
+    assert aliases(name)["champion"] == best["version"] == 2  # the better version, though it wrote first
+    assert (best["decision"], best["champion"]) == ("promoted", {"version": 2, "video_accuracy": 0.95})
+    assert best["champion_writes"] == [2]
+    assert (late["version"], late["decision"]) == (1, "rejected")  # not a stale "promoted"
+    assert late["reason"] == "video_accuracy 0.8500 is worse than champion v2's 0.9500"
+    assert late["champion"] == {"version": 2, "video_accuracy": 0.95} and "champion" not in late["aliases"]
+    assert late["champion_writes"] == [1, 2]  # its stale write, then the repair
+    tags = mlflow.MlflowClient().get_model_version(name, "1").tags
+    assert tags["vidseq.decision"] == "rejected" and json.loads(tags["vidseq.registry"]) == {
+        k: v for k, v in late.items() if k != "tracking_uri"
+    }
+
+
+def test_three_concurrent_registrations_end_on_the_best(model_root, tmp_path, store, monkeypatch):
+    name = "race-three"
+    race = Interleaving(monkeypatch)
+    worst = concurrent_registration(model_root, tmp_path, "worst", 0.85, name)
+    middle = concurrent_registration(model_root, tmp_path, "middle", 0.90, name)
+    best = concurrent_registration(model_root, tmp_path, "best", 0.95, name)
+    low = concurrent_registration(model_root, tmp_path, "low", 0.40, name)  # below min_accuracy
+    race.hold("worst", worst)  # v1: sees only itself
+    race.hold("middle", middle)  # v2: sees v1 and itself, about to make itself champion
+    winner = best()  # v3
+    rejected = low()  # v4, never a candidate
+    records = {"middle": race.release("middle"), "worst": race.release("worst")}  # the worst writes last
+
+    assert aliases(name)["champion"] == 3
+    assert (winner["decision"], winner["champion"]["version"]) == ("promoted", 3)
+    for label, version, value in (("middle", 2, "0.9000"), ("worst", 1, "0.8500")):
+        record = records[label]
+        assert (record["version"], record["decision"], record["champion"]["version"]) == (version, "rejected", 3)
+        assert record["reason"] == f"video_accuracy {value} is worse than champion v3's 0.9500"
+        assert record["champion_writes"] == [version, 3]
+    assert (rejected["decision"], rejected["champion"]["version"]) == ("rejected", 3)
+    assert "below register.min_accuracy 0.5000" in rejected["reason"] and rejected["champion_writes"] == []

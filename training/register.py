@@ -146,7 +146,7 @@ def passed_versions(client: Any, name: str, metric: str) -> dict[int, float]:
 
 def settle_champion(
     client: Any, name: str, metric: str
-) -> tuple[tuple[str, float | None] | None, dict[int, float | None], list[dict[str, int | None]]]:
+) -> tuple[tuple[str, float | None] | None, dict[int, float | None], list[int]]:
     """Points ``@champion`` at the best version that passed the gate, until a re-read agrees.
 
     MLflow has no compare-and-set for aliases, so concurrent registrations may overwrite each
@@ -158,24 +158,24 @@ def settle_champion(
     interleaving.
 
     Returns:
-        ``(champion, candidates, moves)``: the champion and the ``{version: value}``
-        candidates of the last read, and the alias moves this call made (``{"from", "to"}``).
+        ``(champion, candidates, writes)``: the champion and the ``{version: value}``
+        candidates of the last read, and the versions this call pointed ``@champion`` at.
     """
-    moves: list[dict[str, int | None]] = []
+    writes: list[int] = []
     for _ in range(MAX_ROUNDS):
         champion = current_champion(client, name, metric)
         candidates: dict[int, float | None] = dict(passed_versions(client, name, metric))
         if champion is not None:
             candidates.setdefault(int(champion[0]), champion[1])
         if not candidates:
-            return champion, candidates, moves
+            return champion, candidates, writes
         best = max(candidates, key=lambda v: ranking(v, candidates[v]))
         if champion is not None and int(champion[0]) == best:
-            return champion, candidates, moves
+            return champion, candidates, writes
         client.set_registered_model_alias(name, CHAMPION, str(best))
-        moves.append({"from": None if champion is None else int(champion[0]), "to": best})
+        writes.append(best)
     logger.warning("@champion of %s still moving after %d rounds: reporting the last read", name, MAX_ROUNDS)
-    return champion, candidates, moves
+    return champion, candidates, writes
 
 
 def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterConfig) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
     version = mlflow.register_model(model_uri, name, tags=tags)
     mine = int(version.version)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    champion, candidates, moves = settle_champion(client, name, cfg.metric)
+    champion, candidates, writes = settle_champion(client, name, cfg.metric)
     others = {v: x for v, x in candidates.items() if v != mine}
     best_other = max(others, key=lambda v: ranking(v, others[v])) if others else None
     decision = decide(
@@ -223,7 +223,7 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
         "min_accuracy": cfg.min_accuracy,
         "previous_champion": None if previous is None else {"version": int(previous[0]), cfg.metric: previous[1]},
         "champion": None if champion is None else {"version": int(champion[0]), cfg.metric: champion[1]},
-        "champion_moves": moves,
+        "champion_writes": writes,
     }
     for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("registry", json.dumps(record))):
         client.set_model_version_tag(name, version.version, TAG_PREFIX + key, tag)
@@ -253,7 +253,9 @@ def register(
     Returns:
         The record written to ``output_path``: ``model_name``, ``version``, ``model_uri``,
         ``run_id``, ``aliases``, ``decision`` (``promoted``/``rejected``), ``reason``,
-        ``metric``, ``value``, ``min_accuracy``, ``previous_champion``, ``champion``,
+        ``metric``, ``value``, ``min_accuracy``, ``previous_champion`` (before this run),
+        ``champion`` (as read at the end), ``champion_writes`` (the versions this run pointed
+        ``@champion`` at: its own, or a better one a concurrent run had overwritten),
         ``tracking_uri``.
 
     Raises:
