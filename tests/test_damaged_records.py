@@ -161,3 +161,17 @@ def test_evaluate_cli_on_a_truncated_shard_is_one_error_line(clean, tmp_path):
     done = run_stage("training.evaluate", "--records", directory, "--model", str(model_dir),
                      "--output", str(tmp_path / "reports"), "--params", str(params))  # fmt: skip
     assert_one_error_line(done, path, len(record_starts(os.path.join(clean[0], "test-00000-of-00002.tfrecord"))) - 1)
+
+
+def test_a_data_loss_that_a_rescan_does_not_find_is_still_one_line(clean):
+    directory, spec = clean
+    with pytest.raises(DamagedRecordsError, match=r"reading the train shards of .* failed \(boom at 12\) but they read"):
+        with reading_records(directory, spec, "train"):
+            raise tf.errors.DataLossError(None, None, "{{function_node f}} boom at 12 [Op:IteratorGetNext] name: ")
+
+
+def test_other_errors_pass_through_undisguised(clean):
+    directory, spec = clean
+    with pytest.raises(tf.errors.FailedPreconditionError, match="not about records"):
+        with reading_records(directory, spec, "train", "val"):
+            raise tf.errors.FailedPreconditionError(None, None, "not about records")

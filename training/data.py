@@ -155,10 +155,21 @@ def reading_records(records_dir: str, spec: DatasetSpec, *splits: str) -> Iterat
         yield
     except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as exc:
         error = damage_error(records_dir, spec, splits)
+        if error is None and isinstance(exc, tf.errors.DataLossError):  # e.g. a remote read that failed once
+            error = DamagedRecordsError(
+                f"reading the {'/'.join(splits)} shards of {records_dir} failed ({_tf_message(exc)}) but they read "
+                f"fine again: run the command again, or check them with python -m pipeline.inspect {records_dir}"
+            )
         if error is None:
             raise
         logger.debug("TensorFlow reported: %s", exc.message)
         raise error from None
+
+
+def _tf_message(exc: tf.errors.OpError) -> str:
+    """TensorFlow's message without its graph-node and op decorations."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[[^\]]*\]\]|\[Op:[^\]]*\].*", "", exc.message or "", flags=re.S)
+    return " ".join(text.split()) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- parsing
