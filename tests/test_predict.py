@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from orchestration_fixtures import REPO, TINY_PARAMS, register_champion, use_store
+from orchestration_fixtures import REPO, TINY_PARAMS, copy_model_dir, register_champion, use_store
 
 from pipeline import records
 from training import predict, serving
@@ -103,6 +103,7 @@ def test_the_default_model_is_the_registered_champion(model_root, champion_store
         ("models:/vidseq-cnn-lstm@nope", "Registered model alias nope not found"),
         ("models:/no-such-model@champion", "cannot load models:/no-such-model@champion"),
         ("no/such/folder", "model no/such/folder not found: give a training output folder"),
+        ("http://host/model", "unsupported model URI http://host/model: http: is not an MLflow model store"),
     ],
 )
 def test_a_bad_model_reference_is_one_line_and_exit_2(
@@ -112,6 +113,64 @@ def test_a_bad_model_reference_is_one_line_and_exit_2(
     assert predict.main([videos(model_root, 1)[0], "--model", reference]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_truncated_model_keras_is_one_line_naming_it_and_exit_2(model_root, tmp_path, capsys):
+    model_dir = copy_model_dir(model_root, tmp_path / "models")
+    keras_file = model_dir / "model.keras"
+    keras_file.write_bytes(keras_file.read_bytes()[:4096])
+    assert predict.main([videos(model_root, 1)[0], "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{keras_file} is damaged (truncated?)" in err and "re-train" in err
+
+
+def test_folders_devices_and_fifos_are_not_regular_files(model_root, tmp_path, capsys):
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)  # opening it would block: predict must not
+    good = videos(model_root, 1)[0]
+    assert predict.main([str(tmp_path), "/dev/null", str(fifo), good, "--model", str(model_root / "models")]) == 1
+    out = lines(capsys.readouterr().out)
+    assert out[0]["error"] == f"open: not a regular file: {tmp_path} is a folder: give a video file"
+    assert out[1]["error"] == "open: not a regular file: /dev/null is a device or socket: give a video file"
+    assert out[2]["error"] == f"open: not a regular file: {fifo} is a FIFO: give a video file"
+    assert "error" not in out[3]
+
+
+def test_per_video_limits_come_from_the_environment_and_the_flags_override(model_root, tmp_path, monkeypatch, capsys):
+    from pipeline.writer import write_video
+
+    big = tmp_path / "big.mp4"
+    write_video(str(big), [np.full((128, 128, 3), 10 * i, np.uint8) for i in range(12)], 12, "mp4")
+    demo = videos(model_root, 1)[0]  # 25 frames
+    model = ["--model", str(model_root / "models")]
+    monkeypatch.setenv("VIDSEQ_MAX_FRAMES", "5")
+    assert predict.main([demo, str(big), *model, "--max-pixels", "12000"]) == 1
+    small, large = lines(capsys.readouterr().out)
+    assert small["error"] == "limit: the video has more than 5 frames (--max-frames): send a shorter video"
+    assert large["error"].startswith("limit: frames of 128x128 (16384 pixels) are over the limit of 12000 pixels")
+    assert predict.main([demo, *model, "--max-frames", "100"]) == 0
+    assert "error" not in lines(capsys.readouterr().out)[0]
+    assert predict.main([demo, *model, "--decode-timeout", "0.000001"]) == 1
+    assert lines(capsys.readouterr().out)[0]["error"] == "timeout: decoding took longer than 1e-06 s (--decode-timeout)"
+    assert predict.main([demo, *model, "--max-frames", "0"]) == 2
+    assert capsys.readouterr().err == "error: --max-frames must be positive, got 0\n"
+
+
+def test_a_model_in_a_read_only_store_loads(model_root, champion_store):
+    """The store is mounted read-only in a private mount namespace (chmod means nothing to root)."""
+    store = champion_store.removeprefix("sqlite:///").rsplit("/", 1)[0]
+    video = videos(model_root, 1)[0]
+    script = (
+        f'mount --bind "{store}" "{store}" && mount -o remount,bind,ro "{store}" "{store}" || exit 97\n'
+        f'if touch "{store}/write-probe" 2>/dev/null; then exit 98; fi\n'
+        f'exec "{sys.executable}" -m training.predict "{video}" --model models:/vidseq-cnn-lstm@champion\n'
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion_store, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode not in (97, 98), f"the store could not be made read-only: {done.stderr[-500:]}"
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert lines(done.stdout)[0]["label"]
 
 
 def test_the_tensor_only_keras_model_is_refused(model_root, monkeypatch, tmp_path, capsys):

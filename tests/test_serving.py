@@ -16,7 +16,7 @@ import pytest
 from orchestration_fixtures import BIN, TINY_PARAMS, copy_model_dir, register_champion, running_server, tool_env, use_store
 from servers import free_port
 
-from pipeline.video import DecodeLimits, VideoError
+from pipeline.video import VideoError
 from pipeline.writer import write_video
 from training import serving, tracking, video_input
 from training.orchestration_config import MlflowConfig
