@@ -119,7 +119,7 @@ def damage_error(records_dir: str, spec: DatasetSpec, splits: Sequence[str]) -> 
     all read but hold another number of clips than ``dataset.json`` counts (a shard cut at
     a record boundary, a shard replaced) gets an error naming the split and both counts.
     """
-    fix = f"check the records with python -m pipeline.inspect {records_dir} or re-run preprocessing (python -m pipeline)"
+    fix = _fix(records_dir)
     damaged: list[str] = []
     miscounted: list[str] = []
     for split in splits:
@@ -140,6 +140,11 @@ def damage_error(records_dir: str, spec: DatasetSpec, splits: Sequence[str]) -> 
     return None
 
 
+def _fix(records_dir: str) -> str:
+    inspect = f"python -m pipeline.inspect {records_dir}"
+    return f"check the records with {inspect} or re-run preprocessing (python -m pipeline)"
+
+
 @contextlib.contextmanager
 def reading_records(records_dir: str, spec: DatasetSpec, *splits: str) -> Iterator[None]:
     """Turns a failed read of ``splits``' shards inside the block into a :class:`DamagedRecordsError`.
@@ -158,7 +163,7 @@ def reading_records(records_dir: str, spec: DatasetSpec, *splits: str) -> Iterat
         if error is None and isinstance(exc, tf.errors.DataLossError):  # e.g. a remote read that failed once
             error = DamagedRecordsError(
                 f"reading the {'/'.join(splits)} shards of {records_dir} failed ({_tf_message(exc)}) but they read "
-                f"fine again: run the command again, or check them with python -m pipeline.inspect {records_dir}"
+                f"fine again: run the command again, or {_fix(records_dir)}"
             )
         if error is None:
             raise
