@@ -155,7 +155,8 @@ def settle_champion(
     repeats until the alias is the best it sees. Versions are only ever added, so the last
     writer's re-read sees every version registered before it, and any later one is seen by
     its own registration: ``@champion`` ends on the best passed version whatever the
-    interleaving.
+    interleaving. To take a version out of the contest (a rollback), set its ``vidseq.gate``
+    tag to anything but ``passed`` and move the alias.
 
     Returns:
         ``(champion, candidates, writes)``: the champion and the ``{version: value}``
