@@ -131,6 +131,16 @@ def test_the_pyfunc_reads_its_limits_from_the_environment_at_load_time(model_roo
     assert error.value.get_http_status_code() == 429
 
 
+def test_the_model_config_sets_limits_and_the_environment_wins(registered, monkeypatch):
+    uri, _ = registered
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("VIDSEQ_MAX_FRAMES", "7")
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/vidseq-cnn-lstm@champion", model_config={"max_rows": 1, "max_frames": 99})
+    limits = model.unwrap_python_model().limits
+    assert (limits.max_rows, limits.max_frames, limits.max_pixels) == (1, 7, 4096 * 2160)
+
+
 def test_a_video_over_its_decode_budget_gets_a_timeout_error(model_root):
     classifier = serving.VideoClassifier.from_dir(str(model_root / "models"))
     video = b64(demo_videos(model_root)[0])

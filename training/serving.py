@@ -27,6 +27,7 @@ refuses at once (HTTP 503, ``busy: ...``), and a video over a cap gets ``limit: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -359,7 +360,8 @@ def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL) -> Any:
 
     The model carries ``model.keras``, ``dataset.json`` and the ``pipeline`` and ``training``
     code it needs, with pinned requirements, so ``mlflow models serve`` runs it anywhere
-    those packages install.
+    those packages install; its ``model_config`` holds the default :class:`Limits`, which
+    ``load_model(..., model_config=...)``, ``SERVING_MODEL_CONFIG`` and ``VIDSEQ_*`` override.
 
     Returns:
         MLflow's ``ModelInfo``.
@@ -381,6 +383,7 @@ def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL) -> Any:
             artifacts=artifacts,
             code_paths=_copy_code(tmp),
             signature=pyfunc_signature(spec),
+            model_config=dataclasses.asdict(Limits()),
             pip_requirements=pinned_requirements("tensorflow", "keras", "av", "numpy", "pandas", "pillow", "pyyaml"),
         )
 
