@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from servers import BIN, free_port, serve
+from videos import write_tiny_video
 
 from pipeline import records, staging
 from pipeline.staging import OutputError
@@ -217,12 +218,13 @@ def test_unwritable_output_fails_at_claim(raw, tmp_path):
         claim_once(tmp_path / "file" / "sub" / "out", raw)
 
 
-def test_read_only_parent_fails_at_claim_as_another_user(tmp_path):
-    """Root ignores file modes, so the claim runs as ``nobody`` (via setpriv) when the tests run as root."""
-    base = Path(tempfile.mkdtemp(prefix="vidseq-ro-"))  # /tmp itself: traversable by nobody
+def test_read_only_parent_stops_the_job_before_decoding(tmp_path):
+    """Root ignores file modes, so the job runs as ``nobody`` (via setpriv) when the tests run as root."""
+    base = Path(tempfile.mkdtemp(prefix="vidseq-ro-"))  # in /tmp itself: traversable by nobody
     try:
         base.chmod(0o755)
-        (base / "raw" / "a").mkdir(parents=True)
+        write_tiny_video(base / "raw" / "left" / "v.mp4", size=(16, 16))
+        (base / "params.yaml").write_text("preprocess: {sequence_length: 4, height: 16, width: 16}\n")
         (base / "ro").mkdir()
         (base / "ro").chmod(0o555)
         prefix = []
@@ -230,13 +232,14 @@ def test_read_only_parent_fails_at_claim_as_another_user(tmp_path):
             setpriv = shutil.which("setpriv")
             assert setpriv, "setpriv (util-linux) is needed to test permissions as root"
             prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
-        code = "import sys; from pipeline import staging\nwith staging.claim(sys.argv[1], sys.argv[2]): pass\n"
         result = subprocess.run(
-            [*prefix, sys.executable, "-c", code, str(base / "ro" / "out"), str(base / "raw")],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(base)},
+            [*prefix, sys.executable, "-m", "pipeline", "--input", str(base / "raw"), "--output", str(base / "ro" / "out"),
+             "--params", str(base / "params.yaml")],
+            capture_output=True, text=True, cwd=base, env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(base)},
         )
-        assert result.returncode != 0
-        assert "OutputError: cannot write --output" in result.stderr and "Permission denied" in result.stderr
+        lines = [x for x in result.stderr.splitlines() if "apitools not found" not in x]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith(f"error: cannot write --output {base}/ro/out: Permission denied")
         assert os.listdir(base / "ro") == []
     finally:
         (base / "ro").chmod(0o755)
