@@ -112,8 +112,9 @@ def _is_records_output(names: list[str], read_dataset_json) -> bool:
 
 def _refuse_other_data(output: str, names: list[str]) -> OutputError:
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    entries = "entry" if len(names) == 1 else "entries"
     return OutputError(
-        f"--output {output} already holds {len(names)} {'entry' if len(names) == 1 else 'entries'} ({shown}) and is not a records output "
+        f"--output {output} already holds {len(names)} {entries} ({shown}) and is not a records output "
         f"(no {records.DATASET_JSON} with format {records.FORMAT_MARKER!r}, or other files beside the records): "
         "the job replaces its output, so choose a new or empty folder, or move that folder away yourself"
     )
@@ -125,8 +126,7 @@ def _check_replaceable_local(output: str, target: str) -> None:
     if not os.path.isdir(target):
         return
     names = os.listdir(target)
-    path = os.path.join(target, records.DATASET_JSON)
-    if names and not _is_records_output(names, lambda: open(path, encoding="utf-8").read()):
+    if names and not _is_records_output(names, lambda: records.read_text(target, records.DATASET_JSON) or ""):
         raise _refuse_other_data(output, names)
 
 
