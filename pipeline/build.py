@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, --project, ...).",
     )
     parser.add_argument("--input", required=True, help="folder of class folders, or a manifest CSV (path,label[,group])")
-    parser.add_argument("--output", required=True, help="records folder (local, gs://, s3://, ...); replaced on success")
+    parser.add_argument("--output", required=True, help="records folder (local, gs://, s3://, ...); replaced on success if new, empty or a records output")
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params YAML; its preprocess section is read")
     return parser.parse_known_args(argv)
 
