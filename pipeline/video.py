@@ -47,7 +47,9 @@ from pipeline import clips as clip_sampling
 from pipeline.config import PreprocessConfig
 from pipeline.frames import FrameConverter, decode_image, display_size, encode_image
 
-__all__ = ["DecodeLimits", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe"]
+__all__ = [
+    "DecodeLimits", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from servers import free_port
 from pipeline.video import VideoError
 from pipeline.writer import write_video
 from training import serving, tracking, video_input
+from training.limits import Limits
 from training.orchestration_config import MlflowConfig
 
 
@@ -113,7 +114,8 @@ def test_the_pyfunc_reads_its_limits_from_the_environment_at_load_time(model_roo
 
     uri, _ = registered
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name, value in (("MAX_ROWS", "3"), ("MAX_REQUEST_BYTES", "1000000"), ("MAX_PIXELS", "12000"), ("MAX_FRAMES", "100")):
+    limits = {"MAX_ROWS": "3", "MAX_REQUEST_BYTES": "1000000", "MAX_PIXELS": "12000", "MAX_FRAMES": "100"}
+    for name, value in limits.items():
         monkeypatch.setenv(f"VIDSEQ_{name}", value)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/vidseq-cnn-lstm@champion")
@@ -147,6 +149,10 @@ def test_a_video_over_its_decode_budget_gets_a_timeout_error(model_root):
     row = classifier.classify_value(video, limits=classifier.limits.decode_limits(timeout_s=1e-6))
     assert row["error"] == "timeout: decoding took longer than 1e-06 s (VIDSEQ_DECODE_TIMEOUT_S)"
     assert classifier.classify_value(video)["error"] is None
+    tight = serving.VideoClassifier.from_dir(str(model_root / "models"), limits=Limits(request_timeout_s=1e-6))
+    rows = tight.classify_values([video, video])  # the request's budget is spent: no row decodes for long
+    assert [row["error"].split(":")[0] for row in rows] == ["timeout", "timeout"]
+    assert all("(VIDSEQ_REQUEST_TIMEOUT_S)" in row["error"] for row in rows)
 
 
 def test_a_damaged_model_keras_is_one_clear_error(model_root, tmp_path):
@@ -171,8 +177,8 @@ def test_mlflow_models_serve_answers_base64_and_path_rows(model_root, registered
     videos = demo_videos(model_root)
     env = {**tool_env(uri), video_input.ALLOWED_ROOT_ENV: str(root)}
     with running_server(serve_args(port), port, tmp_path / "serve.log", env):
-        body = {"dataframe_records": [{"video": b64(videos[0])}, {"video": "sub/clip.mp4"}, {"video": "bm90IGEgdmlkZW8="}]}
-        status, answer = post(port, body)
+        rows = [b64(videos[0]), "sub/clip.mp4", "bm90IGEgdmlkZW8="]
+        status, answer = post(port, {"dataframe_records": [{"video": value} for value in rows]})
         assert status == 200, answer
         first, second, bad = answer["predictions"]
         assert first["error"] is None and second["error"] is None
@@ -182,7 +188,8 @@ def test_mlflow_models_serve_answers_base64_and_path_rows(model_root, registered
         assert first["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
         assert bad["label"] is None and bad["error"].startswith("open: not a readable video file")
 
-        refused = [str(secret), "../secret.mp4", "link.mp4", "missing.mp4", "sub", "fifo.mp4", "/root/.bashrc", "/root/.bashrcX"]
+        refused = [str(secret), "../secret.mp4", "link.mp4", "missing.mp4", "sub", "fifo.mp4",
+                   "/root/.bashrc", "/root/.bashrcX"]  # fmt: skip
         status, answer = post(port, {"dataframe_records": [{"video": value} for value in refused]})
         assert status == 200, answer
         assert [row["error"] for row in answer["predictions"]] == [f"open: {video_input.PATH_REFUSED}"] * len(refused)
@@ -194,15 +201,16 @@ def test_mlflow_models_serve_answers_base64_and_path_rows(model_root, registered
 def test_served_limits_refuse_big_inputs_and_floods_quickly_and_normal_requests_still_pass(
     model_root, registered, tmp_path
 ):
-    """Path rows off by default; a row over a limit, a request over a limit and a flood are refused, then all is well."""
+    """Path rows are off by default; a row over a limit, a request over a limit and a flood are refused at
+    once, and a normal request is answered afterwards."""
     uri, _ = registered
     port = free_port()
     videos = demo_videos(model_root)
     long_avi = b64(next(v for v in videos if v.endswith(".avi") and "c02" in v))
     limits = {"VIDSEQ_MAX_PIXELS": "12000", "VIDSEQ_MAX_ROWS": "8", "VIDSEQ_MAX_CONCURRENT": "1"}
     with running_server(serve_args(port), port, tmp_path / "serve.log", {**tool_env(uri), **limits}):
-        status, answer = post(port, {"dataframe_records": [{"video": videos[0]}, {"video": videos[0] + "X"},
-                                                           {"video": b64(big_video(tmp_path / "big.mp4"))}]})  # fmt: skip
+        rows = [videos[0], videos[0] + "X", b64(big_video(tmp_path / "big.mp4"))]
+        status, answer = post(port, {"dataframe_records": [{"video": value} for value in rows]})
         assert status == 200, answer
         existing, missing, big = answer["predictions"]
         assert existing["error"] == missing["error"] == f"open: {video_input.PATH_ROWS_OFF}"  # no existence oracle

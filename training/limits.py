@@ -185,7 +185,8 @@ class RequestBudget:
             )
         limits = self.limits.decode_limits(names=self._names)
         if left < limits.timeout_s:
-            limits = dataclasses.replace(limits, timeout_s=left, names=(*limits.names, ("timeout_s", env_name("request_timeout_s"))))
+            names = (*limits.names, ("timeout_s", env_name("request_timeout_s")))
+            limits = dataclasses.replace(limits, timeout_s=left, names=names)
         return limits
 
 

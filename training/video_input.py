@@ -40,7 +40,9 @@ def allowed_root(environ: Mapping[str, str] | None = None) -> str | None:
     if not value:
         return None
     if not os.path.isdir(value):
-        raise ConfigError(f"{ALLOWED_ROOT_ENV}={value} is not a folder: name the folder of videos to serve, or unset it")
+        raise ConfigError(
+            f"{ALLOWED_ROOT_ENV}={value} is not a folder: name the folder of videos to serve, or unset it"
+        )
     return os.path.realpath(value)
 
 
