@@ -56,6 +56,7 @@ def test_the_gate_refuses_at_once_when_every_slot_is_taken():
 def test_decode_limits_name_the_variables_or_the_given_flags():
     decode = Limits(max_pixels=100, max_seconds=5.0).decode_limits()
     assert (decode.max_pixels, decode.max_duration_s, decode.timeout_s) == (100, 5.0, 20.0)
-    assert decode.setting("max_pixels") == "VIDSEQ_MAX_PIXELS" and decode.setting("timeout_s") == "VIDSEQ_DECODE_TIMEOUT_S"
+    assert decode.setting("max_pixels") == "VIDSEQ_MAX_PIXELS"
+    assert decode.setting("timeout_s") == "VIDSEQ_DECODE_TIMEOUT_S"
     flagged = Limits().decode_limits(timeout_s=1.0, names={"max_pixels": "--max-pixels"})
     assert flagged.setting("max_pixels") == "--max-pixels" and flagged.timeout_s == 1.0
