@@ -21,13 +21,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import records, staging, transforms
-from pipeline.config import DEFAULT_PARAMS, ConfigError, PreprocessConfig, load_section
 from pipeline.sources import InputError, list_videos
+from vidseq import cli
+from vidseq.errors import WorkFailedError
+from vidseq.params import DEFAULT_PARAMS, Params, PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
 
-class TooManyErrors(RuntimeError):
+class TooManyErrors(WorkFailedError):
     """More than ``preprocess.max_error_fraction`` of the videos produced no clip."""
 
 
@@ -90,7 +92,7 @@ def _run_into(stage_dir: str, input_path: str, output: str, cfg: PreprocessConfi
     with beam.Pipeline(options=options) as pipeline:
         transforms.build(pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir)
     stats = transforms.read_stats(stage_dir)
-    errors = transforms.read_errors(stage_dir)
+    errors, _ = records.read_errors(stage_dir)  # the job wrote it: every line is an entry
     total = len(listing.items) + len(listing.errors)
     _check_error_fraction(errors, total, cfg, stage_dir, output)
     spec = records.DatasetSpec(
@@ -151,19 +153,12 @@ def _check_error_fraction(errors: list[dict], total: int, cfg: PreprocessConfig,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+def _run(argv: list[str] | None) -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     args, beam_args = parse_args(argv)
-    try:
-        cfg = load_section(PreprocessConfig, args.params, "preprocess")
-        summary = run(args.input, args.output, cfg, beam_args)
-    except (ConfigError, InputError, staging.OutputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TooManyErrors as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(summary.line())
-    return 0
+    cfg = Params.load(args.params).preprocess
+    print(run(args.input, args.output, cfg, beam_args).line())
+
+
+main = cli.harness(_run)
+"""Entry point: ``main(argv) -> exit code`` (2 for a bad parameter, input or output; 1 for too many failures)."""

@@ -24,6 +24,8 @@ import dataclasses
 import math
 from typing import Literal, Protocol
 
+from vidseq.errors import VidseqError
+
 SAMPLINGS = ("uniform", "sliding")
 SHORT_VIDEO_POLICIES = ("pad", "loop", "skip")
 
@@ -32,7 +34,7 @@ SHORT_VIDEO_POLICIES = ("pad", "loop", "skip")
 _COUNT_TOLERANCE = 1e-6
 
 
-class SamplingError(ValueError):
+class SamplingError(VidseqError, ValueError):
     """No clip can be sampled from a video (unknown duration, or too short with ``skip``)."""
 
 

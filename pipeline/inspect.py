@@ -15,7 +15,6 @@ import argparse
 import collections
 import dataclasses
 import io
-import json
 import logging
 import re
 import sys
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from pipeline import records
 from pipeline.records import ContractError, DatasetSpec
+from vidseq import cli
 
 LOGGER = logging.getLogger(__name__)
 
@@ -107,24 +107,14 @@ def _basename(path: str) -> str:
     return path.rstrip("/").rsplit("/", 1)[-1]
 
 
-def read_errors(records_dir: str) -> tuple[collections.Counter[tuple[str, str]], list[str]]:
+def count_errors(records_dir: str) -> tuple[collections.Counter[tuple[str, str]], list[str]]:
     """Counts ``errors.jsonl`` by ``(stage, reason)``; a missing file counts nothing.
 
     Returns:
         The counts and one problem line per unreadable line.
     """
-    counts: collections.Counter[tuple[str, str]] = collections.Counter()
-    problems: list[str] = []
-    text = records.read_text(records_dir, records.ERRORS_JSONL) or ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            counts[(str(entry["stage"]), str(entry["reason"]))] += 1
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            problems.append(f"{records.ERRORS_JSONL} line {number}: not an object with stage and reason ({exc})")
-    return counts, problems
+    entries, problems = records.read_errors(records_dir)
+    return collections.Counter((str(e["stage"]), str(e["reason"])) for e in entries), problems
 
 
 # --------------------------------------------------------------------------- checks
@@ -256,7 +246,7 @@ def inspect_records(records_dir: str, samples_per_class: int = 0) -> Report:
             problems += _inspect_shard(path, spec, summary, samples, samples_per_class)
     if not shards:
         problems.append(f"{records_dir}: no shards named {records.shard_pattern('<split>', spec.compressed)}")
-    errors, error_problems = read_errors(records_dir)
+    errors, error_problems = count_errors(records_dir)
     problems += error_problems + check_counts(spec, splits, sum(errors.values()))
     return Report(spec=spec, splits=splits, errors=errors, problems=problems, samples=samples)
 
@@ -391,8 +381,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: 0 if the records match ``dataset.json``, 1 otherwise."""
+def _run(argv: list[str] | None) -> int:
     args = parse_args(argv)
     try:
         report = inspect_records(args.records_dir, args.clips_per_class if args.contact_sheet else 0)
@@ -412,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"OK: {report.clips} clips match dataset.json")
     return 0
+
+
+main = cli.harness(_run, log_level=logging.WARNING)
+"""CLI entry point: ``main(argv)`` is 0 if the records match ``dataset.json``, 1 otherwise."""
 
 
 if __name__ == "__main__":

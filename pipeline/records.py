@@ -30,6 +30,8 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vidseq.errors import VidseqError
+
 FORMAT_VERSION = 1
 #: ``dataset.json``'s ``format`` value: marks a folder as a records output that the job wrote
 #: (and so may replace). An older ``dataset.json`` without the key, written before the marker
@@ -51,7 +53,7 @@ ERRORS_JSONL = "errors.jsonl"
 SHARD_SUFFIX = ".tfrecord"
 
 
-class ContractError(ValueError):
+class ContractError(VidseqError, ValueError):
     """Data does not match the record contract (shape, version, keys)."""
 
 
@@ -372,3 +374,28 @@ def read_spec(records_dir: str) -> DatasetSpec:
     if text is None:
         raise FileNotFoundError(f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})")
     return DatasetSpec.from_json(text, source=path)
+
+
+def read_errors(records_dir: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The one reader of ``errors.jsonl``: its entries, and a problem line per line that is not one.
+
+    A missing file means no errors (object stores cannot hold an empty ``errors.jsonl``).
+
+    Returns:
+        ``(entries, problems)``: the objects with ``path``, ``reason`` and ``stage``, in file
+        order, and ``"errors.jsonl line N: ..."`` for each line that is not such an object.
+    """
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for number, line in enumerate((read_text(records_dir, ERRORS_JSONL) or "").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not {"stage", "reason"} <= set(entry):
+                raise ValueError("missing stage or reason")
+        except ValueError as exc:
+            problems.append(f"{ERRORS_JSONL} line {number}: not an object with stage and reason ({exc})")
+            continue
+        entries.append(entry)
+    return entries, problems

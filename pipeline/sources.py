@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.records import SPLITS
+from vidseq.errors import VidseqError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ MANIFEST_COLUMNS = ("path", "label", "group")
 _UCF_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 
 
-class InputError(ValueError):
+class InputError(VidseqError, ValueError):
     """The input path or manifest is unusable as a whole; the job stops before any work."""
 
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import records
+from vidseq.errors import VidseqError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ _RENAME_EXCHANGE = 2  # from <linux/fs.h>
 _AT_FDCWD = -100
 
 
-class OutputError(ValueError):
+class OutputError(VidseqError, ValueError):
     """``--output`` cannot be used (overlaps the input, holds other data, is locked or unwritable)."""
 
 

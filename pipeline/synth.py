@@ -36,6 +36,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vidseq import cli
+from vidseq.params import DataConfig
+
 LOGGER = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("MoveDown", "MoveLeft", "MoveRight", "MoveUp", "ZoomIn", "ZoomOut")
@@ -63,8 +66,8 @@ SPEED_RANGE = (0.2, 0.5)  # translation, crop units per second (long videos: slo
 ZOOM_RANGE = (1.35, 1.9)  # size factor per second
 MARGIN = 0.02  # gap between the object and the crop square's border, crop units
 
-DEFAULT_VIDEOS_PER_CLASS = 45
-DEFAULT_SEED = 0
+DEFAULT_VIDEOS_PER_CLASS = DataConfig().synth_videos_per_class
+DEFAULT_SEED = DataConfig().synth_seed
 
 Colour = tuple[int, int, int]
 
@@ -482,8 +485,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
+def _run(argv: list[str] | None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     paths = write_dataset(
@@ -494,7 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         f"synth: {len(paths)} videos ({len(CLASSES)} classes x {args.videos_per_class}, seed {args.seed}) "
         f"in {args.output}, {size_mb:.1f} MiB, {time.perf_counter() - start:.1f} s"
     )
-    return 0
+
+
+main = cli.harness(_run)
+"""CLI entry point: ``main(argv) -> exit code``."""
 
 
 if __name__ == "__main__":

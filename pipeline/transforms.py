@@ -26,8 +26,8 @@ from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
 from pipeline import records, video
-from pipeline.config import PreprocessConfig
 from pipeline.sources import VideoItem
+from vidseq.params import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -218,12 +218,6 @@ def read_stats(output_dir: str) -> dict[str, dict[str, int]]:
             row = json.loads(line)
             stats[row["split"]] = {"clips": int(row["clips"]), "videos": int(row["videos"])}
     return stats
-
-
-def read_errors(output_dir: str) -> list[dict]:
-    """Reads ``errors.jsonl`` from a (staging) output directory; a missing file means no errors."""
-    text = records.read_text(output_dir, records.ERRORS_JSONL) or ""  # absent: the sink skips empty output
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def build(

@@ -123,7 +123,7 @@ def test_empty_inputs_write_no_files(tmp_path):
         _ = p | "S" >> beam.Create([]) | transforms.WriteStats(str(tmp_path))
         _ = p | "C" >> beam.Create([]) | transforms.WriteClips(str(tmp_path), "test", CFG)
     assert not list(tmp_path.iterdir())
-    assert transforms.read_errors(str(tmp_path)) == []
+    assert records.read_errors(str(tmp_path)) == ([], [])
     assert transforms.read_stats(str(tmp_path))["test"] == {"clips": 0, "videos": 0}
 
 
