@@ -44,8 +44,9 @@ import av
 import numpy as np
 
 from pipeline import clips as clip_sampling
-from pipeline.config import PreprocessConfig
 from pipeline.frames import FrameConverter, decode_image, display_size, encode_image
+from vidseq.errors import VidseqError
+from vidseq.params import PreprocessConfig
 
 __all__ = [
     "DecodeLimits", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe",
@@ -64,7 +65,7 @@ _TIME_TOLERANCE_S = 1e-3
 _TRUNCATION_SLACK_S = 0.25
 
 
-class VideoError(Exception):
+class VideoError(VidseqError):
     """A video that cannot be turned into clips.
 
     Attributes:
