@@ -1,30 +1,36 @@
 """PyAV video decoding: probe a video and stream its fixed-length clips as encoded frames.
 
-:func:`iter_clips` is what the Beam job and ``training.predict`` call. It decodes every frame
-of the video once, in order, with FFmpeg's threaded decoder, and keeps only what a clip still
-needs:
+:func:`iter_clips` is what the Beam job and ``training.predict`` call:
 
-1. the duration comes from the stream or container metadata, or from a demux-only pass over
-   the packets when the metadata has none; :mod:`pipeline.clips` plans the clips from it;
+1. a demux-only pass over the packets (:mod:`pipeline.keyframes`) gives the frames' times,
+   the keyframes and the true duration (a header that states more than the file holds, as a
+   cut or fragmented file's does, is overruled); :mod:`pipeline.clips` plans the clips from it;
 2. each planned target time ``t`` is served by the source frame on screen at ``t`` (the last
    frame whose time is ``<= t``, within a tolerance so that equal rates map one to one;
    targets before the first frame take the first frame, those after the last frame the last);
-3. a frame that serves no target is dropped without any conversion; a frame that serves
+3. ``preprocess.decode`` says how the frames are reached: ``sequential`` decodes every frame
+   once, in order, up to the last one needed; ``seek`` seeks to the keyframe at or before each
+   run of needed frames and decodes forward, never backwards; ``auto`` takes whichever decodes
+   fewer frames. Every decoded frame is checked against the index (its timestamp must be the
+   next one expected); a mismatch falls back to ``sequential``, so the records are the same
+   in every mode;
+4. a frame that serves no target is dropped without any conversion; a frame that serves
    one or more is converted once (swscale: colour conversion + scale in one C pass, then an
    ndarray rotation for the display matrix, a centre crop or a letterbox pad) and encoded
    once; overlapping clips share the encoded bytes;
-4. each clip is yielded as soon as its last frame is ready, so memory stays bounded however
+5. each clip is yielded as soon as its last frame is ready, so memory stays bounded however
    long the video is.
 
 A caller that decodes untrusted input (the served model) passes :class:`DecodeLimits`: frame
 size checked from the stream header before any frame is decoded, a cap on decoded frames and
-on the stated duration, and a wall-clock budget; breaking one stops decoding at once.
+on the duration, and a wall-clock budget; breaking one stops decoding at once.
 
 Bad input raises :class:`VideoError` (``reason``, ``stage``), never a PyAV exception. An error
 met part way through the stream is raised when it is met: the clips yielded before it are
 complete and correct, the caller decides whether to keep them (``list(iter_clips(...))``
-gives all-or-nothing). A stream that ends well before the duration its metadata states
-(a truncated file) is such an error.
+gives all-or-nothing). A source that cannot be read twice (a pipe) gets no index: it is
+decoded sequentially, planned on its stated duration, and a stream that ends well before
+that duration is such an error (a truncated file).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import os
@@ -44,12 +51,13 @@ import av
 import numpy as np
 
 from pipeline import clips as clip_sampling
+from pipeline import keyframes
 from pipeline.frames import FrameConverter, decode_image, display_size, encode_image
 from vidseq.errors import VidseqError
 from vidseq.params import PreprocessConfig
 
 __all__ = [
-    "DecodeLimits", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe",
+    "DecodeLimits", "DecodeStats", "EncodedClip", "VideoError", "VideoInfo", "decode_image", "iter_clip_arrays", "iter_clips", "probe",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -174,6 +182,29 @@ class DecodeLimits:
 NO_LIMITS = DecodeLimits()
 
 
+@dataclasses.dataclass
+class DecodeStats:
+    """What decoding one video cost; :func:`iter_clips` fills the object it is given.
+
+    Attributes:
+        mode: how the frames were reached: ``seek`` or ``sequential``.
+        frames_decoded: frames the decoder output (the index pass decodes none).
+        frames_kept: distinct frames converted and encoded into clips.
+        shorter_than_stated: the container states a longer duration than its packets hold
+            (a cut or fragmented file); the clips were planned on what is there.
+        fell_back: ``seek`` met a frame the index did not predict and decoding went on
+            sequentially from the start.
+        seeks: seeks made (``seek`` mode: one per decode range, more where a demuxer lands early).
+    """
+
+    mode: str = ""
+    frames_decoded: int = 0
+    frames_kept: int = 0
+    shorter_than_stated: bool = False
+    fell_back: bool = False
+    seeks: int = 0
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -186,7 +217,8 @@ def probe(source: Source, name: str = "") -> VideoInfo:
     Raises:
         VideoError: if the file is not a readable video.
     """
-    with _open_video(source, name, _Deadline(None), threads=0) as (container, stream, duration):
+    with _open_video(source, name, _Deadline(None), threads=0) as opened:
+        container, stream, duration = opened.container, opened.stream, opened.duration
         with _errors("decode"):
             first = next(container.decode(stream), None)
         if first is None:
@@ -212,33 +244,60 @@ def iter_clips(
     name: str = "",
     timeout_s: float | None = None,
     limits: DecodeLimits = NO_LIMITS,
+    stats: DecodeStats | None = None,
 ) -> Iterator[EncodedClip]:
-    """Decodes a video once and yields its clips, each as soon as it is complete.
+    """Decodes what a video's clips need and yields the clips, each as soon as it is complete.
 
     Args:
         source: a local path or a readable binary file object (seekable for most formats).
-        cfg: the ``preprocess`` parameters (sampling, size, resize mode, encoding, threads).
+        cfg: the ``preprocess`` parameters (sampling, size, resize mode, encoding, threads,
+            ``decode`` mode).
         name: how to name the video in log messages.
         timeout_s: time limit for the whole video, checked per packet, per frame and in
             every read of a file object; ``None`` for no limit.
         limits: caps for untrusted input (frame size, frames, duration, time budget).
+        stats: filled with what decoding cost (mode, frames decoded and kept).
 
     Yields:
-        :class:`EncodedClip` objects in time order.
+        :class:`EncodedClip` objects in time order; the same in every ``decode`` mode.
 
     Raises:
         VideoError: for a file that is not a video, has no video stream, breaks while
             decoding, is too short with ``short_video=skip``, takes too long, or breaks
             one of ``limits`` (stage ``limit``).
     """
+    stats = stats if stats is not None else DecodeStats()
     deadline = _Deadline.of(timeout_s, limits)
-    with _open_video(source, name, deadline, cfg.decode_threads, limits) as (container, stream, duration):
+    with _open_video(source, name, deadline, cfg.decode_threads, limits, index=True) as opened:
+        stats.shorter_than_stated = opened.shorter_than_stated
         try:
-            plans = clip_sampling.plan_from_config(duration, cfg)
+            plans = clip_sampling.plan_from_config(opened.duration, cfg)
         except clip_sampling.SamplingError as exc:
             raise VideoError(str(exc), "sample") from exc
-        log.debug("%s: %.2f s, %d clip(s) planned", name, duration, len(plans))
-        yield from _decode_clips(container, stream, plans, cfg, deadline, duration, limits)
+        timing = _Timing(opened.stream)
+        index = opened.index
+        plan = keyframes.choose("sequential", None, ())
+        if index is not None and index.seekable and len(index):
+            start = opened.stream.start_time if opened.stream.start_time is not None else index.pts[0]
+            thresholds = _ClipAssembler(plans, start, opened.stream.time_base, timing.tolerance).target_thresholds
+            plan = keyframes.choose(cfg.decode, index, keyframes.serving_frames(index.pts, thresholds))
+        log.debug(
+            "%s: %.2f s, %d clip(s) planned, %s (sequential %d frames, seek %d)",
+            name, opened.duration, len(plans), plan.mode, plan.sequential_frames, plan.seek_frames,
+        )  # fmt: skip
+        stats.mode = plan.mode
+        done: set[int] = set()
+        if plan.mode == "seek":
+            try:
+                for clip in _seek_clips(opened, plans, cfg, deadline, plan, timing, stats, limits):
+                    done.add(clip.index)
+                    yield clip
+                return
+            except _SeekMismatch as exc:
+                log.info("%s: seeking did not find the frames the index promised (%s); decoding sequentially", name, exc)
+                stats.mode, stats.fell_back = "sequential", True
+                opened.reopen()
+        yield from _decode_clips(opened, plans, cfg, deadline, timing, stats, limits, skip=done)
 
 
 def iter_clip_arrays(
@@ -323,13 +382,59 @@ def _errors(stage: str) -> Iterator[None]:
         raise VideoError(f"{what.get(stage, 'decoding failed')}: {detail}", stage) from exc
 
 
+class _OpenVideo:
+    """An open container and its video stream, which can be opened again from the start."""
+
+    def __init__(self, source: Source, target: Any, start: int | None, threads: int):
+        self._source = source
+        self._target = target
+        self._start = start  # where a file object's video begins, to re-read it
+        self._threads = threads
+        self.container: Any = None
+        self.stream: Any = None
+        self.duration = 0.0
+        self.index: keyframes.PacketIndex | None = None
+        self.shorter_than_stated = False
+        self.open()
+
+    @property
+    def can_reopen(self) -> bool:
+        return isinstance(self._target, str) or self._start is not None
+
+    def open(self) -> None:
+        self.container = _open_container(self._target)
+        self.stream = _video_stream(self.container)
+        context = self.stream.codec_context
+        context.thread_type = "AUTO"
+        if self._threads:
+            context.thread_count = self._threads
+
+    def reopen(self) -> None:
+        self.close()
+        if self._start is not None:
+            self._source.seek(self._start)  # type: ignore[union-attr]
+        self.open()
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
+
+
 @contextlib.contextmanager
 def _open_video(
-    source: Source, name: str, deadline: _Deadline, threads: int, limits: DecodeLimits = NO_LIMITS
-) -> Iterator[tuple[Any, Any, float]]:
-    """Opens ``source`` and yields ``(container, video stream, duration in seconds)``.
+    source: Source,
+    name: str,
+    deadline: _Deadline,
+    threads: int,
+    limits: DecodeLimits = NO_LIMITS,
+    index: bool = False,
+) -> Iterator[_OpenVideo]:
+    """Opens ``source``; the result's ``duration`` is known and, with ``index``, its packet index.
 
-    ``limits``' frame size and duration are checked here, before any frame is decoded.
+    The index (a demux-only pass, then the video is opened again) is built when asked for
+    and the source can be read twice, or when the metadata states no duration. ``limits``'
+    frame size and duration are checked here, before any frame is decoded.
     """
     if isinstance(source, (str, os.PathLike)):
         target: Any = os.fspath(source)
@@ -337,28 +442,31 @@ def _open_video(
     else:
         target = _DeadlineReader(source, deadline)
         start = source.tell() if target.seekable() else None
-    container = _open_container(target)
+    opened = _OpenVideo(source, target, start, threads)
     try:
-        stream = _video_stream(container)
+        stream = opened.stream
         limits.check_pixels(stream.codec_context.width, stream.codec_context.height)
-        duration = _metadata_duration(container, stream)
-        if duration is None:
-            log.debug("%s: no duration in the metadata, scanning packets", name)
-            with _errors("probe"):
-                duration = _scan_duration(container, stream, deadline, limits)
-            container.close()
-            if start is not None:
-                source.seek(start)  # type: ignore[union-attr]
-            container = _open_container(target)
-            stream = _video_stream(container)
-        limits.check_duration(duration)
-        context = stream.codec_context
-        context.thread_type = "AUTO"
-        if threads:
-            context.thread_count = threads
-        yield container, stream, duration
+        stated = _metadata_duration(opened.container, stream)
+        if index or stated is None:
+            if not opened.can_reopen:
+                if stated is None:
+                    raise VideoError(
+                        "the video states no duration and the stream cannot be read twice to find it: "
+                        "give a seekable file",
+                        "probe",
+                    )
+            else:
+                if stated is None:
+                    log.debug("%s: no duration in the metadata, scanning packets", name)
+                with _errors("probe"):
+                    opened.index = _scan_packets(opened.container, stream, deadline, limits)
+                opened.reopen()
+                stream = opened.stream
+        opened.duration, opened.shorter_than_stated = _duration(stated, opened.index, stream)
+        limits.check_duration(opened.duration)
+        yield opened
     finally:
-        container.close()
+        opened.close()
 
 
 def _open_container(target: Any) -> Any:
@@ -392,23 +500,39 @@ def _metadata_duration(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _scan_duration(container: Any, stream: Any, deadline: _Deadline, limits: DecodeLimits = NO_LIMITS) -> float:
-    """The video stream's duration from a demux-only pass over its packets (no decoding)."""
+def _scan_packets(
+    container: Any, stream: Any, deadline: _Deadline, limits: DecodeLimits = NO_LIMITS
+) -> keyframes.PacketIndex:
+    """The stream's :class:`~pipeline.keyframes.PacketIndex` from a demux-only pass (no decoding)."""
     rate = stream.average_rate or stream.guessed_rate
     default_step = int(1 / (rate * stream.time_base)) if rate else 0
-    first = last_end = None
-    for count, packet in enumerate(container.demux(stream), 1):
+
+    def check(count: int) -> None:
         deadline.check()
         limits.check_frames(count)
-        if packet.pts is None:
-            continue
-        end = packet.pts + (packet.duration or default_step)
-        first = packet.pts if first is None else min(first, packet.pts)
-        last_end = end if last_end is None else max(last_end, end)
-    if last_end is None:
-        raise VideoError("the video stream has no timestamped packets", "probe")
-    start = stream.start_time if stream.start_time is not None else first
-    return float((last_end - start) * stream.time_base)
+
+    return keyframes.scan(lambda: container.demux(stream), default_step, check)
+
+
+def _duration(stated: float | None, index: keyframes.PacketIndex | None, stream: Any) -> tuple[float, bool]:
+    """The duration to plan on, and whether the metadata states (much) more than the packets hold.
+
+    The metadata's duration, unless the packets end well before it (by more than the
+    truncation slack): then what the packets hold. Without metadata, the packets' span.
+    """
+    found = None
+    if index is not None and len(index):
+        start = stream.start_time if stream.start_time is not None else index.pts[0]
+        found = index.duration_s(start, float(stream.time_base))
+    if stated is None:
+        if found is None:
+            raise VideoError("the video stream has no timestamped packets", "probe")
+        return found, False
+    rate = stream.average_rate or stream.guessed_rate
+    slack = _TRUNCATION_SLACK_S + (2 / float(rate) if rate else 0.0)
+    if found is not None and 0 < found < stated - slack:
+        return found, True
+    return stated, False
 
 
 def _aspect(stream: Any) -> Fraction:
@@ -443,6 +567,11 @@ class _ClipAssembler:
         self.next = 0  # first target not yet served
         self._last: tuple[int, bytes] | None = None  # (frame index, encoded): a frame is encoded once
         self.encoded = 0
+
+    @property
+    def target_thresholds(self) -> list[float]:
+        """Per target time (sorted), the pts at or below which a frame can serve it."""
+        return self._thresholds[:-1]
 
     @property
     def threshold(self) -> float:
@@ -506,47 +635,118 @@ class _PartialClip:
         return EncodedClip(index, tuple(self.frames), tuple(self.indices), tuple(self.stamps))
 
 
+def _land(container: Any, stream: Any, index: keyframes.PacketIndex, key_pts: int) -> Iterator[Any]:
+    """Seeks so that demuxing starts at the keyframe ``key_pts``; returns the packets from there.
+
+    Demuxers place a timestamp differently (MP4 with an edit list compares it with shifted
+    decode times, so seeking to a keyframe's pts can land one keyframe early): when the first
+    packet is an earlier keyframe, one more seek just before the next keyframe is tried, and
+    kept if it lands exactly; a landing after ``key_pts`` is retried one keyframe earlier.
+    Frames are checked one by one afterwards, so a landing only costs time, never correctness.
+
+    Raises:
+        _SeekMismatch: the demuxer cannot seek this stream.
+    """
+
+    def seek(target: int) -> tuple[Any, Iterator[Any]]:
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        except av.FFmpegError as exc:
+            raise _SeekMismatch(f"seeking to pts {target} failed: {exc}") from exc
+        packets = iter(container.demux(stream))
+        for packet in packets:
+            if packet.size:
+                return packet, itertools.chain([packet], packets)
+            if packet.pts is None and packet.dts is None:  # the end of the stream
+                return None, iter(())
+        return None, iter(())
+
+    first, packets = seek(key_pts)
+    landed = None if first is None else first.pts
+    if landed is None or landed == key_pts:
+        return packets
+    if landed < key_pts:
+        following = index.keyframe_after(key_pts)
+        if following is not None:
+            retry, retry_packets = seek(following - 1)
+            if retry is not None and retry.pts == key_pts:
+                return retry_packets
+            _, packets = seek(key_pts)  # the first landing: early, but every frame is there
+        return packets
+    earlier = index.keyframe_before(key_pts - 1)
+    if earlier is not None:
+        _, packets = seek(earlier)
+    return packets
+
+
+class _SeekMismatch(Exception):
+    """Seeking did not give the frames the packet index promised (internal: ``iter_clips`` falls back)."""
+
+
+class _Timing:
+    """What both decode loops derive alike from the stream: time tolerance and the step for frames without pts."""
+
+    def __init__(self, stream: Any):
+        rate = stream.average_rate or stream.guessed_rate
+        self.rate = float(rate) if rate else None
+        self.tolerance = min(_TIME_TOLERANCE_S, 0.25 / self.rate) if self.rate else _TIME_TOLERANCE_S
+        self.step = max(1, round(1 / (rate * stream.time_base))) if rate else 1
+
+
+def _encoder(stream: Any, cfg: PreprocessConfig) -> Callable[[av.VideoFrame], bytes]:
+    converter = FrameConverter(cfg.height, cfg.width, cfg.resize, _aspect(stream))
+
+    def encode(frame: av.VideoFrame) -> bytes:
+        return encode_image(converter.convert(frame), cfg.frame_encoding, cfg.jpeg_quality)
+
+    return encode
+
+
 def _decode_clips(
-    container: Any,
-    stream: Any,
+    opened: _OpenVideo,
     plans: list[clip_sampling.ClipPlan],
     cfg: PreprocessConfig,
     deadline: _Deadline,
-    duration: float,
+    timing: _Timing,
+    stats: DecodeStats,
     limits: DecodeLimits = NO_LIMITS,
+    skip: set[int] | frozenset[int] = frozenset(),
 ) -> Iterator[EncodedClip]:
-    """The decode loop: every frame once, in order; only served frames are converted."""
-    rate = stream.average_rate or stream.guessed_rate
-    tolerance = min(_TIME_TOLERANCE_S, 0.25 / float(rate)) if rate else _TIME_TOLERANCE_S
-    step = max(1, round(1 / (rate * stream.time_base))) if rate else 1  # for frames without pts
-    converter = FrameConverter(cfg.height, cfg.width, cfg.resize, _aspect(stream))
+    """The sequential loop: every frame once, in order; only served frames are converted.
 
-    def encoder(frame: av.VideoFrame) -> bytes:
-        return encode_image(converter.convert(frame), cfg.frame_encoding, cfg.jpeg_quality)
-
+    Clips whose index is in ``skip`` (already yielded by an abandoned seek pass) are not yielded again.
+    """
+    container, stream = opened.container, opened.stream
+    encoder = _encoder(stream, cfg)
     assembler: _ClipAssembler | None = None
     threshold = math.inf
     held: av.VideoFrame | None = None  # the last frame: it serves targets until the next one starts
     held_pts = held_index = 0
     count = 0
+
+    def finished(clips: list[EncodedClip]) -> list[EncodedClip]:
+        return [clip for clip in clips if clip.index not in skip]
+
     with _errors("decode"):
         for packet in container.demux(stream):
             deadline.check()
             for frame in packet.decode():
                 deadline.check()
+                stats.frames_decoded += 1
                 limits.check_frames(count + 1)
                 limits.check_pixels(frame.width, frame.height)
                 pts = frame.pts
                 if pts is None:
-                    pts = held_pts + step if held is not None else 0
+                    pts = held_pts + timing.step if held is not None else 0
                 if assembler is None:
                     start = stream.start_time if stream.start_time is not None else pts
-                    assembler = _ClipAssembler(plans, start, stream.time_base, tolerance)
+                    assembler = _ClipAssembler(plans, start, stream.time_base, timing.tolerance)
                     threshold = assembler.threshold
                 if pts > threshold:  # the held frame serves every target before this one
                     if held is None:  # targets before the first frame take the first frame
                         held, held_pts, held_index = frame, pts, count
-                    yield from assembler.serve(held, held_index, held_pts, pts, encoder)
+                    yield from finished(assembler.serve(held, held_index, held_pts, pts, encoder))
+                    stats.frames_kept = assembler.encoded
                     if assembler.finished:
                         log.debug("%d frame(s) decoded, %d encoded", count + 1, assembler.encoded)
                         return
@@ -556,11 +756,77 @@ def _decode_clips(
     if held is None or assembler is None:
         raise VideoError("the video stream holds no decodable frame", "decode")
     end = assembler.seconds(held_pts)
-    slack = _TRUNCATION_SLACK_S + (2 / float(rate) if rate else 0.0)
+    slack = _TRUNCATION_SLACK_S + (2 / timing.rate if timing.rate else 0.0)
     if assembler.times[-1] > end + slack:
         raise VideoError(
-            f"the stream ends at {end:.2f} s but its metadata says {duration:.2f} s: truncated or corrupt file",
+            f"the stream ends at {end:.2f} s but its metadata says {opened.duration:.2f} s: truncated or corrupt file",
             "decode",
         )
-    yield from assembler.serve(held, held_index, held_pts, math.inf, encoder)
+    yield from finished(assembler.serve(held, held_index, held_pts, math.inf, encoder))
+    stats.frames_kept = assembler.encoded
     log.debug("%d frame(s) decoded, %d encoded", count, assembler.encoded)
+
+
+def _seek_clips(
+    opened: _OpenVideo,
+    plans: list[clip_sampling.ClipPlan],
+    cfg: PreprocessConfig,
+    deadline: _Deadline,
+    plan: keyframes.DecodePlan,
+    timing: _Timing,
+    stats: DecodeStats,
+    limits: DecodeLimits = NO_LIMITS,
+) -> Iterator[EncodedClip]:
+    """The seek loop: per decode range, seek to its keyframe and decode forward to its last frame.
+
+    Ranges come sorted and apart, so each seek goes forward. Every frame at or after the
+    range's keyframe must have the next timestamp of the index (frames before it, such as an
+    open GOP's leading B-frames that reference the previous GOP, are dropped undecoded by
+    us); anything else raises :class:`_SeekMismatch` and ``iter_clips`` decodes sequentially.
+
+    Raises:
+        _SeekMismatch: the frames are not those the index predicts.
+    """
+    container, stream = opened.container, opened.stream
+    index = opened.index
+    assert index is not None
+    pts = index.pts
+    start = stream.start_time if stream.start_time is not None else pts[0]
+    assembler = _ClipAssembler(plans, start, stream.time_base, timing.tolerance)
+    encoder = _encoder(stream, cfg)
+    for decode_range in plan.ranges:
+        deadline.check()
+        packets = _land(container, stream, index, decode_range.key_pts)
+        stats.seeks += 1
+        expected = decode_range.first
+        wanted = iter(decode_range.frames)
+        want: int | None = next(wanted)
+        with _errors("decode"):
+            for packet in packets:
+                deadline.check()
+                for frame in packet.decode():
+                    deadline.check()
+                    stats.frames_decoded += 1
+                    limits.check_frames(stats.frames_decoded)
+                    limits.check_pixels(frame.width, frame.height)
+                    if frame.pts is None:
+                        raise _SeekMismatch("a frame without a timestamp")
+                    if frame.pts < decode_range.key_pts:
+                        continue  # before the keyframe: a leading frame that needs the previous GOP
+                    if frame.pts != pts[expected]:
+                        raise _SeekMismatch(f"frame at pts {frame.pts} where the index has {pts[expected]}")
+                    if expected == want:
+                        until = pts[expected + 1] if expected + 1 < len(pts) else math.inf
+                        yield from assembler.serve(frame, expected, frame.pts, until, encoder)
+                        stats.frames_kept = assembler.encoded
+                        want = next(wanted, None)
+                    expected += 1
+                    if want is None:
+                        break
+                if want is None:
+                    break
+        if want is not None:
+            raise _SeekMismatch(f"the stream ended before frame {want}")
+    if not assembler.finished:
+        raise _SeekMismatch("targets left unserved")
+    log.debug("%d frame(s) decoded in %d range(s), %d encoded", stats.frames_decoded, len(plan.ranges), assembler.encoded)

@@ -6,7 +6,7 @@ demo and the tests feed the pipeline is what users' cameras and datasets produce
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import BinaryIO
 
@@ -29,6 +29,11 @@ def write_video(
     fps: float,
     ext: str = "mp4",
     rotation: int | None = None,
+    *,
+    codec: str | None = None,
+    codec_options: Mapping[str, str] | None = None,
+    container_options: Mapping[str, str] | None = None,
+    timestamps: Sequence[float] | None = None,
 ) -> int:
     """Encodes RGB frames (H, W, 3, uint8) into a video file.
 
@@ -43,6 +48,12 @@ def write_video(
             phone writes for a portrait video kept in landscape (``rotate=90``). Reading
             back, ``VideoFrame.rotation`` is its negative (counter-clockwise). Not for avi,
             which has no place for it.
+        codec: an FFmpeg encoder instead of the extension's (e.g. ``libsvtav1`` in mkv).
+        codec_options: encoder options added to (or replacing) the extension's, e.g.
+            ``{"g": "8", "bf": "2"}`` for a keyframe every 8 frames with B-frames.
+        container_options: muxer options, e.g. ``{"movflags": "frag_keyframe"}`` (fragmented MP4).
+        timestamps: presentation time in seconds of each frame (a variable frame rate, a
+            negative start); by default frame ``i`` is at ``i / fps``.
 
     Returns:
         The number of frames written.
@@ -55,13 +66,20 @@ def write_video(
         raise ValueError(f"unknown video extension {ext!r}: use one of {sorted(FORMATS)}")
     if rotation and (ext == "avi" or rotation % 90):
         raise ValueError(f"rotation {rotation} cannot be stored in {ext}: use a multiple of 90 and mp4/mov/mkv/webm")
-    container_format, codec, pix_fmt, options = FORMATS[ext]
+    container_format, default_codec, pix_fmt, options = FORMATS[ext]
+    if codec is not None and codec != default_codec:
+        options = {}
     rate = Fraction(fps).limit_denominator(1001)
+    # timestamps: in a fine time base (1/90000 s, as MPEG does) so irregular times keep their value
+    time_base = Fraction(1, 90000) if timestamps is not None else 1 / rate
     count = 0
     # bitexact: no random container ids, so the same frames give the same bytes (stable DVC hashes)
-    with av.open(target, mode="w", format=container_format, options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(codec, rate=rate, options=dict(options))
+    muxer = {"fflags": "+bitexact", **dict(container_options or {})}
+    with av.open(target, mode="w", format=container_format, options=muxer) as container:
+        stream = container.add_stream(codec or default_codec, rate=rate, options={**options, **dict(codec_options or {})})
         stream.pix_fmt = pix_fmt
+        if timestamps is not None:
+            stream.codec_context.time_base = time_base
         if rotation:
             # The display matrix is coded side data; PyAV 18 writes it (a "rotate" metadata
             # tag is ignored by FFmpeg 7's muxers). PyAV's angle is counter-clockwise.
@@ -73,8 +91,8 @@ def write_video(
             if count == 0:
                 stream.height, stream.width = frame.shape[:2]
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            video_frame.pts = count
-            video_frame.time_base = 1 / rate
+            video_frame.pts = count if timestamps is None else round(timestamps[count] / time_base)
+            video_frame.time_base = time_base
             container.mux(stream.encode(video_frame))
             count += 1
         container.mux(stream.encode(None))

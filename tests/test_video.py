@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import frames as frames_module
 from pipeline import video
-from pipeline.config import PreprocessConfig
+from vidseq.params import PreprocessConfig
 from pipeline.writer import write_video
 
 SOURCE_FPS = 24
@@ -317,7 +317,6 @@ def bad_files(tmp_path_factory, videos) -> dict[str, Path]:
         ("text", "open", "not a readable video"),
         ("wav", "probe", "no video stream (streams: audio)"),
         ("mka", "probe", "no video stream (streams: audio)"),
-        ("truncated_webm", "decode", "truncated"),  # demuxes to the end, then too few frames
         ("truncated_avi", "decode", "decoding failed"),  # the last, partial packet breaks the decoder
     ],
 )
@@ -331,6 +330,31 @@ def test_bad_inputs_raise_video_error(bad_files, key, stage, words, as_file):
     if stage in ("open", "probe"):
         with pytest.raises(video.VideoError):
             video.probe(source if not as_file else io.BytesIO(bad_files[key].read_bytes()))
+
+
+@pytest.mark.parametrize("as_file", [False, True], ids=["path", "bytesio"])
+def test_a_file_holding_less_than_its_header_states_is_planned_on_what_it_holds(bad_files, as_file):
+    source = io.BytesIO(bad_files["truncated_webm"].read_bytes()) if as_file else bad_files["truncated_webm"]
+    stats = video.DecodeStats()
+    clips = list(video.iter_clips(source, config(), stats=stats))
+    assert stats.shorter_than_stated  # the header says 1 s; the first half of the file holds about 0.5 s
+    assert len(clips) == 1 and max(clips[0].frame_indices) < 14  # not 2 clips reaching frame 21
+
+
+def test_a_pipe_is_decoded_sequentially_and_a_truncation_is_still_an_error(bad_files, mp4):
+    class Pipe(io.BytesIO):
+        def seekable(self):
+            return False
+
+    data = bad_files["truncated_webm"].read_bytes()
+    with pytest.raises(video.VideoError) as info:
+        list(video.iter_clips(Pipe(data), config()))
+    assert info.value.stage == "decode" and "truncated" in info.value.reason
+    stats = video.DecodeStats()
+    assert list(video.iter_clips(Pipe(mp4.read_bytes()), config(decode="seek"), stats=stats)) == list(
+        video.iter_clips(mp4, config())
+    )
+    assert stats.mode == "sequential"  # no index without a second read
 
 
 def test_video_error_pickles():

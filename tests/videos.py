@@ -63,3 +63,70 @@ def write_bad_files(folder: Path, good_mp4: Path) -> dict[str, str]:
         "text_file.avi": "text file",
         "audio_only.mkv": "no video stream",
     }
+
+
+# --------------------------------------------------------------------------- videos that seeking must get right
+
+H264_SMALL_GOP = {"preset": "veryfast", "g": "6", "bf": "2", "x264-params": "scenecut=0"}
+
+
+def _top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of an MP4 file's top-level boxes."""
+    offset, boxes = 0, []
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        if size < 8:
+            break
+        boxes.append((data[offset + 4 : offset + 8], offset, size))
+        offset += size
+    return boxes
+
+
+def _cut_fragmented_mp4(data: bytes, keep_fragments: int) -> bytes:
+    """The init segment (``ftyp`` + empty ``moov``) and the first fragments only: a recording cut short."""
+    moofs = [offset for kind, offset, _ in _top_level_boxes(data) if kind == b"moof"]
+    return data[: moofs[keep_fragments]]
+
+
+def write_seek_cases(folder: Path) -> dict[str, Path]:
+    """Tiny videos with what makes seeking hard; ``{case: path}``. A few seconds each, small GOPs."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def frames(n, size=(32, 48), seed=0):
+        return list(moving_square_frames(n, size, dx=1, dy=1, seed=seed))
+
+    cases = {
+        "bframes.mp4": dict(fps=24, n=72, codec_options=H264_SMALL_GOP),
+        "open_gop.mkv": dict(fps=24, n=72, codec_options={
+            "preset": "veryfast", "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=3:open-gop=1"}),
+        "long_gop.mp4": dict(fps=24, n=120, codec_options={"preset": "veryfast", "g": "100", "bf": "2",
+                                                           "x264-params": "scenecut=0"}),
+        "vfr.mp4": dict(fps=24, n=60, codec_options=H264_SMALL_GOP,
+                        timestamps=[0.04 * i + 0.013 * (i % 3 == 0) + 0.4 * (i >= 30) for i in range(60)]),
+        "negative_start.mp4": dict(fps=24, n=60, codec_options=H264_SMALL_GOP,
+                                   timestamps=[(i - 5) / 24 for i in range(60)]),
+        "rotated.mp4": dict(fps=24, n=48, codec_options=H264_SMALL_GOP, rotation=90),
+        "ntsc.mp4": dict(fps=30000 / 1001, n=90, codec_options=H264_SMALL_GOP),
+        "mjpeg.avi": dict(fps=25, n=50),
+        "vp9.webm": dict(fps=24, n=60, codec_options={"g": "8"}),
+        "av1.mkv": dict(fps=24, n=48, size=(64, 64), codec="libsvtav1", codec_options={"g": "8", "preset": "12"}),
+        "fragmented.mp4": dict(fps=24, n=96, codec_options=H264_SMALL_GOP,
+                               container_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}),
+        "cut.webm": dict(fps=24, n=96, codec_options={"g": "8"}),
+    }
+    paths = {}
+    for name, spec in cases.items():
+        spec = dict(spec)
+        fps, n, size = spec.pop("fps"), spec.pop("n"), spec.pop("size", (32, 48))
+        if spec.get("codec") and spec["codec"] not in av.codecs_available:
+            continue  # this FFmpeg build cannot encode it
+        path = folder / name
+        stem, ext = name.rsplit(".", 1)
+        write_video(str(path), frames(n, size, seed=len(paths)), fps, ext, **spec)
+        if name == "fragmented.mp4":  # 16 fragments of 6 frames written, 8 kept
+            path.write_bytes(_cut_fragmented_mp4(path.read_bytes(), keep_fragments=8))
+        if name == "cut.webm":  # the header states 4 s, the file holds about half
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
+        paths[stem] = path
+    return paths

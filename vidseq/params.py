@@ -86,6 +86,7 @@ class PreprocessConfig:
     max_error_fraction: float = 0.1
     video_timeout_s: float = 300.0
     decode_threads: int = 0
+    decode: Literal["auto", "sequential", "seek"] = "auto"
 
     def __post_init__(self) -> None:
         for key in ("sequence_length", "height", "width", "clips_per_video", "clip_stride"):
