@@ -24,11 +24,10 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline import records  # noqa: E402
-from pipeline.config import DataConfig, load_section  # noqa: E402
-from training.config import ModelConfig, TrainConfig  # noqa: E402
 from training.data import make_dataset  # noqa: E402
+from training.fit import compile_model  # noqa: E402
 from training.model import build_model  # noqa: E402
-from training.train import compile_model  # noqa: E402
+from vidseq.params import ModelConfig, Params, TrainConfig  # noqa: E402
 
 TARGET_RATIO = 3.0
 
@@ -73,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=os.path.join(ROOT, "params.yaml"))
     parser.add_argument("--batches", type=int, default=40, help="batches timed in each measurement")
     args = parser.parse_args(argv)
-    model_cfg = load_section(ModelConfig, args.params, "model")
-    train_cfg = load_section(TrainConfig, args.params, "train")
-    records_dir = args.records or os.path.join(ROOT, load_section(DataConfig, args.params, "data").records_dir)
+    params = Params.load(args.params)
+    model_cfg, train_cfg = params.model, params.train
+    records_dir = args.records or os.path.join(ROOT, params.data.records_dir)
     with tempfile.TemporaryDirectory() as tmp:
         if not os.path.exists(os.path.join(records_dir, records.DATASET_JSON)):
             sys.path.insert(0, os.path.join(ROOT, "tests"))

@@ -103,11 +103,12 @@ def build_once(base: Path, name: str, build: Callable[[Path], None]) -> Path:
 
 
 def _build_model(folder: Path) -> None:
-    from pipeline.config import PreprocessConfig, from_mapping
+    from vidseq.params import PreprocessConfig
+    from vidseq.validation import from_mapping
     from pipeline.synth import write_dataset
-    from training.config import EvaluateConfig, ModelConfig, TrainConfig
-    from training.evaluate import evaluate
-    from training.train import train
+    from vidseq.params import EvaluateConfig, ModelConfig, TrainConfig
+    from training.fit import train
+    from training.metrics import evaluate
 
     write_dataset(str(folder / "demo"), TINY_PARAMS["data"]["synth_videos_per_class"], 0, progress=False)
     params = write_params(folder / "params.yaml")
@@ -182,14 +183,15 @@ def register_champion(model_root: Path, folder: Path, experiment: str) -> str:
     """Registers a copy of the tiny model as ``vidseq-cnn-lstm@champion`` in a store in ``folder``; returns its URI."""
     import pytest
 
-    from training import register
-    from training.orchestration_config import MlflowConfig, RegisterConfig
+    from training.tracking import registry
+    from vidseq.params import MlflowConfig, Params, RegisterConfig
 
     with pytest.MonkeyPatch.context() as patch:
         uri = use_store(patch, folder)
         model_dir = copy_model_dir(model_root, folder / "models")
-        register.register(
+        registry.register(
             str(model_dir), str(model_root / "reports" / "metrics.json"), str(folder / "registry.json"),
-            register_cfg=RegisterConfig(min_accuracy=0.0), mlflow_cfg=MlflowConfig(experiment), params=TINY_PARAMS,
+            register_cfg=RegisterConfig(min_accuracy=0.0), mlflow_cfg=MlflowConfig(experiment),
+            params=Params.from_dict(TINY_PARAMS),
         )  # fmt: skip
     return uri

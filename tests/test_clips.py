@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pipeline.clips import ClipPlan, SamplingError, plan_clips, plan_from_config, resampled_count, uniform_starts
-from pipeline.config import PreprocessConfig
+from vidseq.params import PreprocessConfig
 
 # (duration_s, fps, T, sampling, clips_per_video, clip_stride, short_video) -> first-frame indices at `fps`
 TABLE = [

@@ -12,8 +12,9 @@ import tensorflow as tf
 import yaml
 from training_fixtures import write_records
 
-from training.config import EvaluateConfig
-from training.data import DamagedRecordsError, count_clips, make_dataset, reading_records, scan_shard
+from vidseq.params import EvaluateConfig
+from training.data import make_dataset
+from training.shards import DamagedRecordsError, count_clips, reading_records, scan_shard
 from training.model import TINY, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -64,6 +64,25 @@ def test_repro_ran_every_stage_and_a_second_repro_does_nothing(repo):
     assert "Data and pipelines are up to date" in dvc(repo, "status")
 
 
+def test_stages_rerun_only_for_the_code_they_run(repo):
+    path, _ = repo
+    stages = ("train", "evaluate", "register")
+    originals = {}
+    for tool in ("pipeline/inspect.py", "training/summary.py"):  # tools that no training stage runs
+        originals[tool] = (path / tool).read_text()
+        (path / tool).write_text(originals[tool] + "# an edit to a tool\n")
+    assert "Data and pipelines are up to date" in dvc(repo, "status", *stages)
+
+    originals["training/model.py"] = (path / "training/model.py").read_text()
+    (path / "training/model.py").write_text(originals["training/model.py"] + "# an edit to the model\n")
+    status = dvc(repo, "status", *stages)
+    assert "train:" in status and "training/model.py" in status
+
+    for name, text in originals.items():
+        (path / name).write_text(text)
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
 def test_metrics_and_plots_are_declared(repo):
     metrics = json.loads(dvc(repo, "metrics", "show", "--json"))
     values = next(iter(metrics.values()))["data"]["reports/metrics.json"]["data"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError
+from vidseq.params import ConfigError
 from training.limits import Busy, DecodeGate, LimitExceeded, Limits
 
 

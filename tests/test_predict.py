@@ -13,8 +13,9 @@ import yaml
 from orchestration_fixtures import REPO, TINY_PARAMS, copy_model_dir, register_champion, use_store
 
 from pipeline import records
-from training import predict, serving
-from training.orchestration_config import MlflowConfig
+from training import predict
+from training.classifier import VideoClassifier
+from vidseq.params import MlflowConfig
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_probabilities_average_the_clips_the_pipeline_made(model_root):
     """Predict samples a video exactly as preprocessing did: same clips, same model output."""
     from training.data import make_dataset
 
-    classifier = serving.VideoClassifier.from_dir(str(model_root / "models"))
+    classifier = VideoClassifier.from_dir(str(model_root / "models"))
     spec = records.read_spec(str(model_root / "records"))
     by_video: dict[str, list[np.ndarray]] = {}
     test_split = make_dataset(str(model_root / "records"), "test", spec, 8, with_video_id=True)
@@ -92,7 +93,7 @@ def test_the_default_model_is_the_registered_champion(model_root, champion_store
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     (line,) = lines(done.stdout)
-    in_process = predict.predict_video(serving.VideoClassifier.from_dir(str(model_root / "models")), video)
+    in_process = predict.predict_video(VideoClassifier.from_dir(str(model_root / "models")), video)
     assert line["label"] == in_process["label"]
     assert line["probabilities"] == pytest.approx(in_process["probabilities"], abs=1e-6)
 
@@ -184,10 +185,10 @@ def test_a_model_in_a_read_only_store_loads(model_root, champion_store):
 def test_the_tensor_only_keras_model_is_refused(model_root, monkeypatch, tmp_path, capsys):
     import mlflow
 
-    from training import model_logging, tracking
+    from training.tracking import model_logging, runs
 
     use_store(monkeypatch, tmp_path)
-    tracking.configure(MlflowConfig("predict-keras"))
+    runs.configure(MlflowConfig("predict-keras"))
     with mlflow.start_run():
         info = model_logging.log_keras_model(*_model_and_spec(model_root))
     assert predict.main([videos(model_root, 1)[0], "--model", info.model_uri]) == 2

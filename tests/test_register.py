@@ -11,10 +11,12 @@ import pytest
 import yaml
 from orchestration_fixtures import TINY_PARAMS, copy_model_dir
 
-from training import register as reg
-from training import model_logging, tracking
-from training.orchestration_config import MlflowConfig, RegisterConfig
+from training import register as stage
+from training.tracking import model_logging, runs
+from training.tracking import registry as reg
+from vidseq.params import MlflowConfig, Params, RegisterConfig
 
+PARAMS = Params.from_dict(TINY_PARAMS)
 MLFLOW = MlflowConfig(experiment_name="register-test")
 
 
@@ -54,7 +56,7 @@ def test_gate_ties_go_to_the_newer_version(version, champion, promote, reason):
 def tracked_model(model_root, store, tmp_path):
     """A private copy of the tiny model, trained "with tracking" (its run file points at ``store``)."""
     model_dir = copy_model_dir(model_root, tmp_path / "models")
-    tracking.track_training(str(model_dir), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
+    runs.track_training(str(model_dir), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
     return model_dir
 
 
@@ -68,7 +70,7 @@ def registration(model_dir, tmp_path, model_root, accuracy, minimum=0.5, name="v
     metrics = write_metrics(tmp_path / f"metrics-{accuracy}.json", model_root, accuracy)
     cfg = RegisterConfig(model_name=name, min_accuracy=minimum)
     output = tmp_path / "reports" / "registry.json"
-    record = reg.register(str(model_dir), metrics, str(output), register_cfg=cfg, mlflow_cfg=MLFLOW, params=TINY_PARAMS)
+    record = reg.register(str(model_dir), metrics, str(output), register_cfg=cfg, mlflow_cfg=MLFLOW, params=PARAMS)
     assert json.loads(output.read_text()) == record
     return record
 
@@ -82,7 +84,7 @@ def test_the_gate_moves_champion_only_to_a_version_not_worse(tracked_model, mode
     first = registration(tracked_model, tmp_path, model_root, 0.6)
     assert (first["version"], first["decision"], first["aliases"]) == (1, "promoted", ["challenger", "champion"])
     assert first["previous_champion"] is None and first["champion"] == {"version": 1, "video_accuracy": 0.6}
-    assert first["run_id"] == json.loads((tracked_model / tracking.RUN_FILE).read_text())["run_id"]
+    assert first["run_id"] == json.loads((tracked_model / runs.RUN_FILE).read_text())["run_id"]
     assert first["model_uri"] == "models:/vidseq-cnn-lstm/1" and first["tracking_uri"] == store
 
     worse = registration(tracked_model, tmp_path, model_root, 0.55)
@@ -135,7 +137,7 @@ def test_cli_writes_the_record_and_prints_the_decision(tracked_model, model_root
     output = tmp_path / "out" / "registry.json"
     argv = ["--model", str(tracked_model), "--metrics", metrics, "--output", str(output),
             "--params", str(tmp_path / "params.yaml")]  # fmt: skip
-    assert reg.main(argv) == 0
+    assert stage.main(argv) == 0
     assert "cli-model v1 (@challenger, @champion): promoted" in capsys.readouterr().out
     assert json.loads(output.read_text())["decision"] == "promoted"
 
@@ -155,25 +157,18 @@ def test_bad_input_is_one_line_and_exit_2(tracked_model, model_root, tmp_path, c
     metrics = str(model_root / "reports" / "metrics.json")
     argv = ["--model", str(tracked_model), "--metrics", metrics, "--output", str(tmp_path / "r.json"),
             "--params", str(tmp_path / "params.yaml")]  # fmt: skip
-    assert reg.main(argv) == 2
+    assert stage.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
 
 def test_missing_model_folder_is_one_line_and_exit_2(tmp_path, capsys, store):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS))
-    assert reg.main(["--model", str(tmp_path / "nope"), "--params", str(tmp_path / "params.yaml")]) == 2
+    assert stage.main(["--model", str(tmp_path / "nope"), "--params", str(tmp_path / "params.yaml")]) == 2
     assert "model folder" in capsys.readouterr().err
 
 
-def test_repo_params_yaml_register_and_mlflow_sections_are_the_defaults():
-    from orchestration_fixtures import REPO
-
-    from pipeline.config import load_section
-
-    params = str(REPO / "params.yaml")
-    assert load_section(RegisterConfig, params, "register") == RegisterConfig()
-    assert load_section(MlflowConfig, params, "mlflow") == MlflowConfig()
+def test_the_default_champion_uri():  # params.yaml's sections equal the defaults: tests/test_params.py
     assert RegisterConfig().champion_uri == "models:/vidseq-cnn-lstm@champion"
 
 
@@ -226,7 +221,7 @@ class Interleaving:
 
 def tracked_copy(model_root, tmp_path, label):
     model_dir = copy_model_dir(model_root, tmp_path / label)
-    tracking.track_training(str(model_dir), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
+    runs.track_training(str(model_dir), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
     return model_dir
 
 
@@ -238,7 +233,7 @@ def concurrent_registration(model_root, tmp_path, label, accuracy, name):
     cfg = RegisterConfig(model_name=name, min_accuracy=0.5)
 
     def run():
-        reg.register(str(model_dir), metrics, str(output), register_cfg=cfg, mlflow_cfg=MLFLOW, params=TINY_PARAMS)
+        reg.register(str(model_dir), metrics, str(output), register_cfg=cfg, mlflow_cfg=MLFLOW, params=PARAMS)
         return json.loads(output.read_text())  # what registry.json says
 
     return run

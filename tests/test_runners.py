@@ -86,7 +86,7 @@ def test_input_and_output_on_s3(raw, tmp_path):
         from apache_beam.io.filesystems import FileSystems
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from training import lineage
+        from training.tracking import lineage
 
         FileSystems.set_options(PipelineOptions([f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing",
                                                  "--s3_secret_access_key=testing", "--s3_region_name=us-east-1"]))

@@ -1,4 +1,4 @@
-"""Tests of training.serving: the pyfunc in-process and behind a real ``mlflow models serve``."""
+"""Tests of the served model (training.tracking.pyfunc over training.classifier): the pyfunc in-process and behind a real ``mlflow models serve``."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from servers import free_port
 
 from pipeline.video import VideoError
 from pipeline.writer import write_video
-from training import serving, tracking, video_input
+from training import video_input
+from training.classifier import VideoClassifier
+from training.tracking import pyfunc, runs
 from training.limits import Limits
-from training.orchestration_config import MlflowConfig
+from vidseq.params import MlflowConfig
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +64,15 @@ def video_root(model_root, tmp_path):
 def test_open_video_takes_base64_data_urls_and_bytes_and_no_path_by_default(model_root, tmp_path):
     path = demo_videos(model_root)[0]
     for value in (b64(path), "data:video/mp4;base64," + b64(path), open(path, "rb").read()):
-        source, _ = serving.open_video(value)
+        source, _ = video_input.open_video(value)
         assert source.read() == open(path, "rb").read()
     for value in (path, str(tmp_path / "missing.mp4")):  # an existing and a missing file: one message
         with pytest.raises(VideoError) as error:
-            serving.open_video(value)
+            video_input.open_video(value)
         assert (error.value.stage, error.value.reason) == ("open", video_input.PATH_ROWS_OFF)
     for value in ("", 42, None):
         with pytest.raises(VideoError) as error:
-            serving.open_video(value)
+            video_input.open_video(value)
         assert error.value.stage == "open"
 
 
@@ -100,8 +102,8 @@ def test_the_registered_pyfunc_answers_each_row_and_marks_bad_ones(model_root, r
     videos = demo_videos(model_root)
     frame = pd.DataFrame({"video": [b64(videos[0]), videos[1], base64.b64encode(b"junk" * 50).decode(), "nope.mp4"]})
     out = model.predict(frame)
-    assert list(out.columns) == list(serving.OUTPUT_COLUMNS) and len(out) == 4
-    direct = serving.VideoClassifier.from_dir(str(model_root / "models"))
+    assert list(out.columns) == list(pyfunc.OUTPUT_COLUMNS) and len(out) == 4
+    direct = VideoClassifier.from_dir(str(model_root / "models"))
     for row, path in ((0, videos[0]), (1, videos[1])):
         assert out.loc[row, "error"] is None
         assert out.loc[row, "probabilities"] == pytest.approx(direct.classify(path)["probabilities"], abs=1e-6)
@@ -144,12 +146,12 @@ def test_the_model_config_sets_limits_and_the_environment_wins(registered, monke
 
 
 def test_a_video_over_its_decode_budget_gets_a_timeout_error(model_root):
-    classifier = serving.VideoClassifier.from_dir(str(model_root / "models"))
+    classifier = VideoClassifier.from_dir(str(model_root / "models"))
     video = b64(demo_videos(model_root)[0])
     row = classifier.classify_value(video, limits=classifier.limits.decode_limits(timeout_s=1e-6))
     assert row["error"] == "timeout: decoding took longer than 1e-06 s (VIDSEQ_DECODE_TIMEOUT_S)"
     assert classifier.classify_value(video)["error"] is None
-    tight = serving.VideoClassifier.from_dir(str(model_root / "models"), limits=Limits(request_timeout_s=1e-6))
+    tight = VideoClassifier.from_dir(str(model_root / "models"), limits=Limits(request_timeout_s=1e-6))
     rows = tight.classify_values([video, video])  # the request's budget is spent: no row decodes for long
     assert [row["error"].split(":")[0] for row in rows] == ["timeout", "timeout"]
     assert all("(VIDSEQ_REQUEST_TIMEOUT_S)" in row["error"] for row in rows)
@@ -162,7 +164,7 @@ def test_a_damaged_model_keras_is_one_clear_error(model_root, tmp_path):
     keras_file = model_dir / "model.keras"
     keras_file.write_bytes(keras_file.read_bytes()[: keras_file.stat().st_size // 2])
     with pytest.raises(ContractError, match="model.keras is damaged .truncated.. or not a Keras .keras file"):
-        serving.VideoClassifier.from_dir(str(model_dir))
+        VideoClassifier.from_dir(str(model_dir))
 
 
 def serve_args(port):
@@ -184,7 +186,7 @@ def test_mlflow_models_serve_answers_base64_and_path_rows(model_root, registered
         assert first["error"] is None and second["error"] is None
         assert first["label"] == max(first["probabilities"], key=first["probabilities"].get)
         assert first["clips"] == TINY_PARAMS["preprocess"]["clips_per_video"]
-        direct = serving.VideoClassifier.from_dir(str(model_root / "models")).classify(videos[0])
+        direct = VideoClassifier.from_dir(str(model_root / "models")).classify(videos[0])
         assert first["probabilities"] == pytest.approx(direct["probabilities"], abs=1e-6)
         assert bad["label"] is None and bad["error"].startswith("open: not a readable video file")
 
@@ -248,6 +250,6 @@ def test_a_model_without_sampling_parameters_cannot_be_logged(model_root, tmp_pa
     spec = json.loads((model_dir / "dataset.json").read_text())
     (model_dir / "dataset.json").write_text(json.dumps({**spec, "sampling": {}}))
     use_store(monkeypatch, tmp_path)
-    tracking.configure(MlflowConfig("serving-bad"))
+    runs.configure(MlflowConfig("serving-bad"))
     with mlflow.start_run(), pytest.raises(ContractError, match="no sampling parameters"):
-        serving.log_video_classifier(str(model_dir))
+        pyfunc.log_video_classifier(str(model_dir))

@@ -15,31 +15,31 @@ import yaml
 from orchestration_fixtures import BIN, TINY_PARAMS, copy_model_dir, run, tool_env
 
 from pipeline import records
-from pipeline.config import flatten
-from training import lineage, model_logging, tracking
-from training.orchestration_config import MlflowConfig
+from vidseq.validation import flatten
+from training.tracking import lineage, model_logging, runs
+from vidseq.params import MlflowConfig
 
 CONFIG = MlflowConfig(experiment_name="tracking-test")
 
 
 def client() -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking.tracking_uri())
+    return mlflow.MlflowClient(runs.tracking_uri())
 
 
 def test_tracking_uri_is_mlflow_default_unless_the_environment_says(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.tracking_uri() == "sqlite:///mlflow.db"
+    assert runs.tracking_uri() == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/x.db")
-    assert tracking.tracking_uri() == "sqlite:////elsewhere/x.db"
+    assert runs.tracking_uri() == "sqlite:////elsewhere/x.db"
 
 
 def test_start_run_writes_the_run_file_and_logs_params_spec_and_lineage(model_root, store, tmp_path):
     model_dir = copy_model_dir(model_root, tmp_path / "models")
     spec = records.read_spec(str(model_dir))
     records_dir = str(model_root / "records")
-    with tracking.start_run(str(model_dir), TINY_PARAMS, spec, records_dir=records_dir, config=CONFIG) as active:
+    with runs.start_run(str(model_dir), TINY_PARAMS, spec, records_dir=records_dir, config=CONFIG) as active:
         run_id = active.info.run_id
-    info = json.loads((model_dir / tracking.RUN_FILE).read_text())
+    info = json.loads((model_dir / runs.RUN_FILE).read_text())
     assert info == {"run_id": run_id, "experiment_id": active.info.experiment_id, "tracking_uri": store}
 
     run = client().get_run(run_id)
@@ -72,41 +72,41 @@ def test_start_run_writes_the_run_file_and_logs_params_spec_and_lineage(model_ro
 def test_resume_run_continues_the_same_run(model_root, store, tmp_path):
     model_dir = copy_model_dir(model_root, tmp_path / "models")
     spec = records.read_spec(str(model_dir))
-    with tracking.start_run(str(model_dir), {"train": {"epochs": 1}}, spec, config=CONFIG) as active:
+    with runs.start_run(str(model_dir), {"train": {"epochs": 1}}, spec, config=CONFIG) as active:
         mlflow.log_metric("from_train", 1.0)
-    with tracking.resume_run(str(model_dir)) as resumed:
+    with runs.resume_run(str(model_dir)) as resumed:
         assert resumed.info.run_id == active.info.run_id
         mlflow.log_metric("from_evaluate", 2.0)
-    with tracking.resume_run(str(model_dir)) as again:
+    with runs.resume_run(str(model_dir)) as again:
         mlflow.log_metric("from_register", 3.0)
     assert again.info.run_id == active.info.run_id
     run = client().get_run(active.info.run_id)
     assert {"from_train", "from_evaluate", "from_register"} <= set(run.data.metrics)
     assert run.info.status == "FINISHED"
-    runs = client().search_runs([run.info.experiment_id])
-    assert [r.info.run_id for r in runs] == [active.info.run_id]  # one run, not three
+    found = client().search_runs([run.info.experiment_id])
+    assert [r.info.run_id for r in found] == [active.info.run_id]  # one run, not three
 
 
 def test_resume_without_a_run_file_or_with_another_store_is_a_one_line_error(model_root, store, tmp_path, monkeypatch):
     model_dir = copy_model_dir(model_root, tmp_path / "models")
-    with pytest.raises(tracking.TrackingError, match=r"mlflow_run.json not found: .* trained without MLflow tracking"):
-        tracking.resume_run(str(model_dir))
-    with tracking.start_run(str(model_dir), {}, records.read_spec(str(model_dir)), config=CONFIG):
+    with pytest.raises(runs.TrackingError, match=r"mlflow_run.json not found: .* trained without MLflow tracking"):
+        runs.resume_run(str(model_dir))
+    with runs.start_run(str(model_dir), {}, records.read_spec(str(model_dir)), config=CONFIG):
         pass
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
-    with pytest.raises(tracking.TrackingError, match=f"set MLFLOW_TRACKING_URI={store}") as error:
-        tracking.resume_run(str(model_dir))
+    with pytest.raises(runs.TrackingError, match=f"set MLFLOW_TRACKING_URI={store}") as error:
+        runs.resume_run(str(model_dir))
     assert "\n" not in str(error.value)
 
 
 def test_log_params_once_skips_equal_values_and_keeps_the_first_of_changed_ones(store, caplog):
-    tracking.configure(CONFIG)
+    runs.configure(CONFIG)
     with mlflow.start_run() as active:
-        assert tracking.log_params_once({"evaluate": {"top_k": 2, "split": "test"}}) == {
+        assert runs.log_params_once({"evaluate": {"top_k": 2, "split": "test"}}) == {
             "evaluate.top_k": "2", "evaluate.split": "test",
         }  # fmt: skip
         caplog.set_level(logging.WARNING)
-        assert tracking.log_params_once({"evaluate": {"top_k": 3, "split": "test", "batch_size": 8}}) == {
+        assert runs.log_params_once({"evaluate": {"top_k": 3, "split": "test", "batch_size": 8}}) == {
             "evaluate.batch_size": "8"
         }
     assert "evaluate.top_k" in caplog.text
@@ -114,10 +114,10 @@ def test_log_params_once_skips_equal_values_and_keeps_the_first_of_changed_ones(
 
 
 def test_history_is_logged_per_epoch(store):
-    tracking.configure(CONFIG)
+    runs.configure(CONFIG)
     history = {"epoch": [0, 1, 2], "loss": [1.5, 1.0, 0.7], "val_accuracy": [0.2, 0.5, 0.75]}
     with mlflow.start_run() as active:
-        assert tracking.log_history(history) == 6
+        assert runs.log_history(history) == 6
     points = client().get_metric_history(active.info.run_id, "val_accuracy")
     assert sorted((m.step, m.value) for m in points) == [(0, 0.2), (1, 0.5), (2, 0.75)]
 
@@ -125,12 +125,12 @@ def test_history_is_logged_per_epoch(store):
 def test_epoch_logger_logs_every_epoch_during_fit(store):
     import keras
 
-    tracking.configure(CONFIG)
+    runs.configure(CONFIG)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = np.random.default_rng(0).random((8, 3)), np.array([0, 1] * 4)
     with mlflow.start_run() as active:
-        model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[tracking.epoch_logger()])
+        model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[runs.epoch_logger()])
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert [m.step for m in client().get_metric_history(active.info.run_id, key)] == [0, 1, 2], key
 
@@ -142,7 +142,7 @@ def test_keras_model_is_logged_with_the_tensor_signature_and_an_input_example(mo
 
     spec = records.read_spec(str(model_root / "models"))
     model = keras.saving.load_model(str(model_root / "models" / "model.keras"))
-    tracking.configure(CONFIG)
+    runs.configure(CONFIG)
     with mlflow.start_run() as active:
         info = model_logging.log_keras_model(model, spec)
     assert model_logging.logged_model_names(active.info.run_id) == {"keras_model": info.model_id}
@@ -162,9 +162,9 @@ def test_keras_model_is_logged_with_the_tensor_signature_and_an_input_example(mo
 def test_track_training_and_track_evaluation_share_one_run(model_root, store, tmp_path):
     model_dir = copy_model_dir(model_root, tmp_path / "models")
     params = yaml.safe_load(yaml.safe_dump(TINY_PARAMS))
-    run_id = tracking.track_training(str(model_dir), params, records_dir=str(model_root / "records"), config=CONFIG)
+    run_id = runs.track_training(str(model_dir), params, records_dir=str(model_root / "records"), config=CONFIG)
     metrics_path = str(model_root / "reports" / "metrics.json")
-    assert tracking.track_evaluation(str(model_dir), metrics_path, params={"evaluate": {"batch_size": 8}}) == run_id
+    assert runs.track_evaluation(str(model_dir), metrics_path, params={"evaluate": {"batch_size": 8}}) == run_id
 
     run = client().get_run(run_id)
     expected = json.load(open(metrics_path))

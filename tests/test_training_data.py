@@ -11,8 +11,9 @@ import tensorflow as tf
 from training_fixtures import write_records
 
 from pipeline import records
-from training.config import AugmentConfig
-from training.data import EmptySplitError, augment_clip, count_clips, make_dataset
+from vidseq.params import AugmentConfig
+from training.data import augment_clip, make_dataset
+from training.shards import EmptySplitError, count_clips
 
 CLASSES = ("left", "right", "zoom_in")
 

@@ -11,10 +11,11 @@ import pytest
 from training_fixtures import write_records
 
 from pipeline.records import ContractError
-from training import evaluate as ev
-from training.config import EvaluateConfig
+from training import artifacts, evaluate
+from training import metrics as ev
+from vidseq.params import EvaluateConfig
 from training.model import build_tiny_model
-from training.train import MODEL_FILE
+from training.artifacts import MODEL_FILE
 
 # Three videos, eight clips, interleaved. v3's clips vote 2-1 for the right class, but its
 # averaged probabilities pick the wrong one: video-level accuracy averages, it does not vote.
@@ -117,21 +118,21 @@ def test_evaluate_writes_reports(trained, tmp_path):
     out = str(tmp_path / "reports")
     params = tmp_path / "params.yaml"
     params.write_text("evaluate: {top_k: 2, batch_size: 5}\n")
-    assert ev.main(["--records", records_dir, "--model", model_dir, "--output", out, "--params", str(params)]) == 0
-    metrics = json.loads((tmp_path / "reports" / ev.METRICS_JSON).read_text())
+    assert evaluate.main(["--records", records_dir, "--model", model_dir, "--output", out, "--params", str(params)]) == 0
+    metrics = json.loads((tmp_path / "reports" / artifacts.METRICS_JSON).read_text())
     assert metrics["clips"] == spec.splits["test"]["clips"] == 12 and metrics["videos"] == 6
     for key in ("accuracy", "video_accuracy", "shuffled_accuracy", "reversed_accuracy", "top_2_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
-    with open(os.path.join(out, ev.PREDICTIONS_CSV), newline="") as handle:
+    with open(os.path.join(out, artifacts.PREDICTIONS_CSV), newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 12 and set(rows[0]) == {"video_id", "actual", "predicted", "confidence"}
     assert all(row["actual"] == row["video_id"].split("/")[0] for row in rows)
-    with open(os.path.join(out, ev.CONFUSION_CSV), newline="") as handle:
+    with open(os.path.join(out, artifacts.CONFUSION_CSV), newline="") as handle:
         matrix = list(csv.reader(handle))
     assert matrix[0] == ["actual\\predicted", "left", "right", "up"]
     assert sum(int(v) for row in matrix[1:] for v in row[1:]) == 12
-    assert os.path.getsize(os.path.join(out, ev.CONFUSION_PNG)) > 0
-    assert os.path.exists(os.path.join(out, ev.PER_CLASS_CSV))
+    assert os.path.getsize(os.path.join(out, artifacts.CONFUSION_PNG)) > 0
+    assert os.path.exists(os.path.join(out, artifacts.PER_CLASS_CSV))
 
 
 def test_evaluate_refuses_records_with_other_classes(trained, tmp_path):

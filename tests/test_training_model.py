@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.records import ContractError, DatasetSpec
-from training.config import ModelConfig
+from vidseq.params import ModelConfig
 from training.data import check_compatible
 from training.model import TINY, build_model, build_tiny_model
 

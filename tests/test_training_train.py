@@ -17,8 +17,9 @@ import yaml
 from training_fixtures import write_records
 
 from pipeline import records
+from training import artifacts, fit
 from training import train as tr
-from training.config import AugmentConfig, ModelConfig, TrainConfig
+from vidseq.params import AugmentConfig, ModelConfig, TrainConfig
 from training.data import make_dataset
 from training.model import TINY
 
@@ -50,7 +51,7 @@ def test_train_cli_writes_model_spec_history_and_curves(tiny_records, tmp_path, 
     assert "best epoch" in capsys.readouterr().out
     assert "mixed_precision is only used on GPUs" in caplog.text  # CPU: warned and ignored
     assert sorted(os.listdir(out)) == sorted(
-        [tr.MODEL_FILE, "dataset.json", tr.HISTORY_JSON, tr.HISTORY_CSV, tr.CURVES_PNG, "mlflow_run.json"]
+        [artifacts.MODEL_FILE, "dataset.json", artifacts.HISTORY_JSON, artifacts.HISTORY_CSV, artifacts.CURVES_PNG, "mlflow_run.json"]
     )  # backup and checkpoint removed on success; the MLflow run the later stages continue
     run = json.loads((out / "mlflow_run.json").read_text())
     import mlflow
@@ -59,11 +60,11 @@ def test_train_cli_writes_model_spec_history_and_curves(tiny_records, tmp_path, 
     assert logged.data.params["train.epochs"] == "3"
     assert len(mlflow.MlflowClient().get_metric_history(run["run_id"], "val_loss")) == 3
     assert (out / "dataset.json").read_text() == open(os.path.join(tiny_records, "dataset.json")).read()
-    with open(out / tr.HISTORY_CSV, newline="") as handle:
+    with open(out / artifacts.HISTORY_CSV, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
-    history = json.loads((out / tr.HISTORY_JSON).read_text())
+    history = json.loads((out / artifacts.HISTORY_JSON).read_text())
     assert history["initial_epoch"] == 0 and history["history"]["epoch"] == [0, 1, 2]
     assert 0 <= history["best_epoch"] <= 2
 
@@ -98,7 +99,7 @@ def test_small_easy_problem_is_learned_well_above_chance(tmp_path):
     model_cfg = ModelConfig(conv_filters=(8, 16), rnn_units=16, dropout=0.0)  # the defaults, small
     cfg = TrainConfig(epochs=30, batch_size=8, learning_rate=1e-2, early_stopping_patience=0,
                       augment=AugmentConfig(crop_min_fraction=1.0))  # fmt: skip
-    result = tr.train(directory, str(tmp_path / "model"), model_cfg, cfg)
+    result = fit.train(directory, str(tmp_path / "model"), model_cfg, cfg)
     ds = make_dataset(directory, "test", spec, 64)
     correct = [np.argmax(result.model.predict_on_batch(c), axis=1) == y for c, y in ds.as_numpy_iterator()]
     accuracy = float(np.mean(np.concatenate(correct)))
@@ -120,7 +121,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny_records, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
     proc = subprocess.Popen([sys.executable, "-m", "training.train", *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    backup = os.path.join(out, tr.BACKUP_DIR)
+    backup = os.path.join(out, artifacts.BACKUP_DIR)
     deadline = time.monotonic() + 120
     try:
         while _backup_epoch(backup) < 2 and proc.poll() is None and time.monotonic() < deadline:
@@ -133,10 +134,10 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny_records, tmp_path):
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not os.path.exists(os.path.join(out, tr.MODEL_FILE))
+    assert not os.path.exists(os.path.join(out, artifacts.MODEL_FILE))
 
     assert tr.main(argv) == 0  # the same command again
-    history = json.loads(open(os.path.join(out, tr.HISTORY_JSON)).read())
+    history = json.loads(open(os.path.join(out, artifacts.HISTORY_JSON)).read())
     assert history["initial_epoch"] >= reached  # continued, did not start over
     assert history["history"]["epoch"] == list(range(25))  # one row per epoch, killed run's included
     assert not os.path.exists(backup)
@@ -145,12 +146,12 @@ def test_a_killed_run_resumes_from_its_last_epoch(tiny_records, tmp_path):
 
 def test_a_backup_of_another_model_is_not_restored(tiny_records, tmp_path, caplog):
     out = tmp_path / "model"
-    (out / tr.BACKUP_DIR).mkdir(parents=True)
-    (out / tr.BACKUP_DIR / "latest.weights.h5").write_bytes(b"not the weights of this model")
-    (out / tr.RESUME_JSON).write_text(json.dumps({"model": {"rnn_units": 999}, "dataset": {}}))
+    (out / artifacts.BACKUP_DIR).mkdir(parents=True)
+    (out / artifacts.BACKUP_DIR / "latest.weights.h5").write_bytes(b"not the weights of this model")
+    (out / artifacts.RESUME_JSON).write_text(json.dumps({"model": {"rnn_units": 999}, "dataset": {}}))
     caplog.set_level(logging.WARNING)
     cfg = TrainConfig(epochs=1, batch_size=8)
-    result = tr.train(tiny_records, str(out), TINY, cfg)
+    result = fit.train(tiny_records, str(out), TINY, cfg)
     assert "holds a backup of another model or dataset: starting over" in caplog.text
     assert result.initial_epoch == 0 and result.history["epoch"] == [0]
-    assert not (out / tr.BACKUP_DIR).exists() and not (out / tr.RESUME_JSON).exists()
+    assert not (out / artifacts.BACKUP_DIR).exists() and not (out / artifacts.RESUME_JSON).exists()

@@ -31,7 +31,8 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from pipeline.config import ConfigError
+from vidseq.errors import VidseqError
+from vidseq.params import ConfigError
 from pipeline.video import DecodeLimits, VideoError
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,11 @@ CLI_FLAGS = {
 }
 
 
-class LimitExceeded(Exception):
+class LimitExceeded(VidseqError):
     """A request over :class:`Limits`; the message names the limit, its setting and the fix."""
 
 
-class Busy(Exception):
+class Busy(VidseqError):
     """Every decode slot of this worker is taken; the client should retry later."""
 
 

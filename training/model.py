@@ -7,20 +7,26 @@ small CNN trained on a few hundred clips find the motion instead of memorising s
 shape and the class count come from ``dataset.json`` (:class:`DatasetSpec`), never from a
 second place, so the model always matches the records it is built for.
 
-The model file holds only the model and :func:`build_tiny_model`, a variant used for
-testing only.
+The model file holds only the model, :func:`build_tiny_model` (a variant used for testing
+only) and :func:`summarize`, the shape through every layer (``python -m training.train --summary``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import zipfile
+from typing import Any
 
 import keras
 from keras import layers
 
-from pipeline.records import DatasetSpec
+from pipeline.records import ContractError, DatasetSpec
 
-from training.config import ModelConfig
+from vidseq.errors import MissingFileError
+from vidseq.params import ModelConfig
+
+logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,10 +152,55 @@ def _mobilenet(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras.Mod
     )
     if cfg.backbone_weights:
         if not os.path.exists(cfg.backbone_weights):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"model.backbone_weights {cfg.backbone_weights} not found: give the path of a local "
                 "MobileNetV3Small no-top weights file (nothing is downloaded)"
             )
         backbone.load_weights(cfg.backbone_weights)
     backbone.trainable = not cfg.freeze_backbone
     return backbone
+
+
+def summarize(spec: DatasetSpec, model_cfg: ModelConfig) -> str:
+    """A table of the shape flowing through each layer, per-frame layers included."""
+    model = build_model(spec, model_cfg)
+    lines = [
+        f"{model.name}: clips (T, H, W, C) = {spec.clip_shape} -> {spec.num_classes} classes {list(spec.classes)}",
+        f"{'layer':<42}{'output shape':<30}{'params':>10}",
+    ]
+    for layer in model.layers:
+        lines.append(f"{layer.name + ' (' + type(layer).__name__ + ')':<42}{_shape(layer.output.shape):<30}"
+                     f"{layer.count_params():>10,}")  # fmt: skip
+        if isinstance(layer, keras.layers.TimeDistributed):
+            steps = layer.output.shape[1]
+            for inner in layer.layer.layers:  # applied to each time step
+                shape = _shape((None, steps, *inner.output.shape[1:]))
+                label = f"  {inner.name} ({type(inner).__name__})"
+                lines.append(f"{label:<42}{shape:<30}{inner.count_params():>10,}")
+    lines.append(f"total parameters: {model.count_params():,}")
+    return "\n".join(lines)
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
+def load_keras_model(path: str) -> Any:
+    """``keras.saving.load_model`` with one clear error for a damaged file.
+
+    Raises:
+        ContractError: naming the file and the fix, for a truncated or non-Keras file.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ContractError(
+            f"{path} is damaged (truncated?) or not a Keras .keras file: restore it or re-train "
+            "(python -m training.train)"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises ValueError, KeyError, OSError, ... for a damaged archive
+        logger.debug("loading %s", path, exc_info=True)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ContractError(
+            f"{path} cannot be loaded as a Keras model ({detail}): restore it or re-train (python -m training.train)"
+        ) from exc

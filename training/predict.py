@@ -7,7 +7,7 @@
 folder, or an MLflow model URI; the default is the registered champion,
 ``models:/<register.model_name>@champion``, read from ``MLFLOW_TRACKING_URI`` or
 ``sqlite:///mlflow.db``. Videos are decoded and sampled exactly as the preprocessing did
-(:mod:`training.serving`) and the clip probabilities averaged. Each video prints
+(:mod:`training.classifier`) and the clip probabilities averaged. Each video prints
 ``{"video", "label", "probabilities", "clips"}`` (``top_k`` instead of ``probabilities``
 with ``--top-k``); a video that cannot be read prints ``{"video", "error"}`` and the others
 are still answered. The per-video limits of :mod:`training.limits` apply (``VIDSEQ_*``
@@ -29,11 +29,10 @@ import tempfile
 from typing import Any
 from urllib.parse import urlparse
 
-from pipeline.config import DEFAULT_PARAMS, ConfigError, load_section
-from pipeline.records import ContractError
-
 from training.limits import CLI_FLAGS, Limits
-from training.orchestration_config import RegisterConfig
+from vidseq import cli
+from vidseq.errors import VidseqError
+from vidseq.params import DEFAULT_PARAMS, ConfigError, Params, RegisterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +40,12 @@ logger = logging.getLogger(__name__)
 MODEL_URI_SCHEMES = ("models", "runs", "file", "mlflow-artifacts", "s3", "gs", "wasbs", "abfss", "hdfs", "dbfs")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(VidseqError):
     """The model reference cannot be loaded as a video classifier; the message says why."""
 
 
 def load_classifier(reference: str) -> Any:
-    """Loads a :class:`training.serving.VideoClassifier` from a folder or an MLflow URI.
+    """Loads a :class:`training.classifier.VideoClassifier` from a folder or an MLflow URI.
 
     Raises:
         ModelLoadError: for a missing folder, an unsupported URI, an unknown model or alias,
@@ -54,14 +53,11 @@ def load_classifier(reference: str) -> Any:
             tensor-only ``keras_model``).
     """
     from training.artifacts import MODEL_FILE
-    from training.serving import VideoClassifier
+    from training.classifier import VideoClassifier
 
     if os.path.isdir(reference):
         if os.path.exists(os.path.join(reference, MODEL_FILE)):
-            try:
-                return VideoClassifier.from_dir(reference)
-            except (FileNotFoundError, ContractError) as exc:
-                raise ModelLoadError(str(exc)) from exc
+            return VideoClassifier.from_dir(reference)  # a damaged or mismatched model: its own VidseqError
         if os.path.exists(os.path.join(reference, "MLmodel")):
             return _load_mlflow(reference)
         raise ModelLoadError(f"{reference} holds neither {MODEL_FILE} + dataset.json nor an MLflow model (MLmodel)")
@@ -84,7 +80,7 @@ def _load_mlflow(uri: str) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from training.tracking import tracking_uri
+    from training.tracking.runs import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -153,7 +149,7 @@ def default_model(params_path: str | None) -> str:
         if not os.path.exists(DEFAULT_PARAMS):
             return RegisterConfig().champion_uri
         params_path = DEFAULT_PARAMS
-    return load_section(RegisterConfig, params_path, "register").champion_uri
+    return Params.load(params_path).register.champion_uri
 
 
 def cli_limits(args: argparse.Namespace) -> Limits:
@@ -170,8 +166,7 @@ def cli_limits(args: argparse.Namespace) -> Limits:
     return dataclasses.replace(limits, **given)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: one JSON line per video on stdout; exit 1 if any video failed, 2 on a bad model."""
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.predict", description=__doc__.splitlines()[0])
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     parser.add_argument("--model", help="training output folder, MLflow model folder or URI (default: the champion)")
@@ -187,14 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be positive, got {args.top_k}")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        limits = cli_limits(args)
-        reference = args.model or default_model(args.params)
-        classifier = load_classifier(reference)
-    except (ConfigError, ContractError, ModelLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    limits = cli_limits(args)
+    classifier = load_classifier(args.model or default_model(args.params))
     classifier.limits, classifier.limit_names = limits, CLI_FLAGS
     failed = 0
     for path in args.videos:
@@ -204,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: {failed} of {len(args.videos)} video(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
+
+
+main = cli.harness(_run, log_level=logging.WARNING)
+"""CLI: one JSON line per video on stdout; exit 1 if any video failed, 2 on a bad model or usage."""
 
 
 if __name__ == "__main__":

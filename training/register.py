@@ -3,332 +3,48 @@
 ``python -m training.register --model models --metrics reports/metrics.json --output reports/registry.json``
 ``[--params params.yaml]``
 
-Continues the training run (or logs it now if training was not tracked), logs the servable
-pyfunc ``video_classifier`` (:mod:`training.serving`) and registers it as a new version of
-``register.model_name`` with alias ``@challenger``. The alias ``@champion`` moves to the new
-version only if its ``register.metric`` (video-level test accuracy) is at least
-``register.min_accuracy`` and not worse than the current champion's: TFX's "blessing" with
-MLflow aliases (stages are deprecated). Aliases move atomically
-(``set_registered_model_alias``) but MLflow has no compare-and-set, so the gate converges
-instead: each version is tagged with its metric and whether it passed ``min_accuracy``, and
-a registration points ``@champion`` at the best passed version it sees, re-reading until the
-alias agrees (:func:`settle_champion`); concurrent registrations thus end on the best one.
-The decision, its reason and the aliases (as read at the end) are written to
-``registry.json`` and set as tags on the version and the run.
+The gate and what lands in the registry: :mod:`training.tracking.registry`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
 import os
 import sys
-from typing import Any
 
-from pipeline.config import ConfigError, DataConfig, load_section, read_params
-from pipeline.records import ContractError
-
-from training.orchestration_config import CHALLENGER, CHAMPION, MlflowConfig, RegisterConfig
-
-logger = logging.getLogger(__name__)
-
-TAG_PREFIX = "vidseq."
+from training import artifacts
+from vidseq import cli
+from vidseq.errors import VidseqError
+from vidseq.params import DEFAULT_PARAMS, Params
 
 
-GATE_TAG = TAG_PREFIX + "gate"  # "passed" on a version whose metric reached register.min_accuracy
-PASSED = "passed"
-MAX_ROUNDS = 20  # alias write + re-read rounds; concurrent registrations settle in a few
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """The promotion gate's verdict.
-
-    Attributes:
-        promote: whether ``@champion`` moves to the new version.
-        reason: one sentence saying why, with the numbers.
-    """
-
-    promote: bool
-    reason: str
-
-
-def passes(value: float, min_accuracy: float) -> bool:
-    """Whether a version with metric ``value`` may ever be champion (``False`` for NaN)."""
-    return value >= min_accuracy
-
-
-def ranking(version: int | str, value: float | None) -> tuple[float, int]:
-    """The order of champions: the higher metric wins, a tie goes to the newer version.
-
-    A value of ``None`` (a champion without a recorded metric) counts as 0.
-    """
-    return (0.0 if value is None else value, int(version))
-
-
-def decide(
-    metric: str,
-    value: float,
-    min_accuracy: float,
-    champion: tuple[str, float | None] | None,
-    *,
-    version: int | None = None,
-) -> Decision:
-    """The promotion gate (pure).
-
-    Args:
-        metric: the compared metric's name, for the reason.
-        value: the new version's metric.
-        min_accuracy: the lowest value a champion may have.
-        champion: ``(version, value)`` of the best other version (the champion; value ``None``
-            if it has no recorded value: compared as 0), or ``None`` if there is none.
-        version: the new version's number; ``None`` means newer than ``champion``.
-
-    Returns:
-        Promote iff ``value >= min_accuracy`` and ``value >=`` the champion's value (on a tie,
-        iff the new version is the newer one: the order of :func:`ranking`).
-    """
-    passed = f"{metric} {value:.4f} >= register.min_accuracy {min_accuracy:.4f}"
-    if not passes(value, min_accuracy):  # also catches NaN
-        return Decision(False, f"{metric} {value:.4f} is below register.min_accuracy {min_accuracy:.4f}")
-    if champion is None:
-        return Decision(True, f"{passed} and there is no champion yet")
-    other, best = champion
-    best_value = 0.0 if best is None else best
-    newer = version is None or version > int(other)
-    if value > best_value or (value == best_value and newer):
-        return Decision(True, f"{passed} and >= champion v{other}'s {best_value:.4f}")
-    if value == best_value:
-        return Decision(False, f"{metric} {value:.4f} ties the newer champion v{other}'s {best_value:.4f}")
-    return Decision(False, f"{metric} {value:.4f} is worse than champion v{other}'s {best_value:.4f}")
-
-
-def current_champion(client: Any, name: str, metric: str) -> tuple[str, float | None] | None:
-    """``(version, metric value)`` of ``name@champion``, or ``None`` if no version has the alias.
-
-    The value is the version's ``vidseq.<metric>`` tag, else its run's ``test_<metric>``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    from training.tracking import METRIC_PREFIX, metric_key
-
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-    tag = version.tags.get(TAG_PREFIX + metric)
-    if tag is not None:
-        return version.version, float(tag)
-    if version.run_id:
-        with_metric = client.get_run(version.run_id).data.metrics.get(metric_key(METRIC_PREFIX + metric))
-        if with_metric is not None:
-            return version.version, float(with_metric)
-    logger.warning("champion v%s of %s has no recorded %s: it is compared as 0", version.version, name, metric)
-    return version.version, None
-
-
-def passed_versions(client: Any, name: str, metric: str) -> dict[int, float]:
-    """``{version: metric value}`` of every version of ``name`` tagged as having passed the gate."""
-    found: dict[int, float] = {}
-    token = None
-    while True:
-        page = client.search_model_versions(f"name='{name}'", page_token=token)
-        for version in page:
-            value = version.tags.get(TAG_PREFIX + metric)
-            if version.tags.get(GATE_TAG) == PASSED and value is not None:
-                found[int(version.version)] = float(value)
-        token = page.token
-        if not token:
-            return found
-
-
-def settle_champion(
-    client: Any, name: str, metric: str
-) -> tuple[tuple[str, float | None] | None, dict[int, float | None], list[int]]:
-    """Points ``@champion`` at the best version that passed the gate, until a re-read agrees.
-
-    MLflow has no compare-and-set for aliases, so concurrent registrations may overwrite each
-    other's alias with a stale choice. Each one therefore writes the best version it sees
-    (:func:`ranking` over the passed versions and the current champion), re-reads, and
-    repeats until the alias is the best it sees. Versions are only ever added, so the last
-    writer's re-read sees every version registered before it, and any later one is seen by
-    its own registration: ``@champion`` ends on the best passed version whatever the
-    interleaving. To take a version out of the contest (a rollback), set its ``vidseq.gate``
-    tag to anything but ``passed`` and move the alias.
-
-    Returns:
-        ``(champion, candidates, writes)``: the champion and the ``{version: value}``
-        candidates of the last read, and the versions this call pointed ``@champion`` at.
-    """
-    writes: list[int] = []
-    for _ in range(MAX_ROUNDS):
-        champion = current_champion(client, name, metric)
-        candidates: dict[int, float | None] = dict(passed_versions(client, name, metric))
-        if champion is not None:
-            candidates.setdefault(int(champion[0]), champion[1])
-        if not candidates:
-            return champion, candidates, writes
-        best = max(candidates, key=lambda v: ranking(v, candidates[v]))
-        if champion is not None and int(champion[0]) == best:
-            return champion, candidates, writes
-        client.set_registered_model_alias(name, CHAMPION, str(best))
-        writes.append(best)
-    logger.warning("@champion of %s still moving after %d rounds: reporting the last read", name, MAX_ROUNDS)
-    return champion, candidates, writes
-
-
-def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterConfig) -> dict[str, Any]:
-    """Registers ``model_uri`` as a new version of ``cfg.model_name`` and applies the gate.
-
-    The version is created with its metric and whether it passed ``min_accuracy`` as tags;
-    :func:`settle_champion` then moves ``@champion`` to the best passed version (this one or
-    another), and the record states the outcome as read at the end.
-
-    Returns:
-        The registry record (see :func:`register`).
-    """
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    name = cfg.model_name
-    previous = current_champion(client, name, cfg.metric)
-    tags = {TAG_PREFIX + cfg.metric: str(value), GATE_TAG: PASSED if passes(value, cfg.min_accuracy) else "failed"}
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    mine = int(version.version)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    champion, candidates, writes = settle_champion(client, name, cfg.metric)
-    others = {v: x for v, x in candidates.items() if v != mine}
-    best_other = max(others, key=lambda v: ranking(v, others[v])) if others else None
-    decision = decide(
-        cfg.metric, value, cfg.min_accuracy, None if best_other is None else (str(best_other), others[best_other]),
-        version=mine,
-    )  # fmt: skip
-    is_champion = champion is not None and int(champion[0]) == mine
-    if decision.promote != is_champion:  # only if settle_champion ran out of rounds: report what is
-        holder = "this version" if is_champion else f"v{champion[0]}" if champion else "no version"
-        decision = Decision(is_champion, f"@champion is {holder} while registrations still move it ({decision.reason})")
-    aliases = sorted(client.get_model_version(name, version.version).aliases)
-    record = {
-        "model_name": name,
-        "version": mine,
-        "model_uri": f"models:/{name}/{version.version}",
-        "source": model_uri,
-        "run_id": run_id,
-        "aliases": aliases,
-        "decision": "promoted" if decision.promote else "rejected",
-        "reason": decision.reason,
-        "metric": cfg.metric,
-        "value": value,
-        "min_accuracy": cfg.min_accuracy,
-        "previous_champion": None if previous is None else {"version": int(previous[0]), cfg.metric: previous[1]},
-        "champion": None if champion is None else {"version": int(champion[0]), cfg.metric: champion[1]},
-        "champion_writes": writes,
-    }
-    for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("registry", json.dumps(record))):
-        client.set_model_version_tag(name, version.version, TAG_PREFIX + key, tag)
-    return record
-
-
-def register(
-    model_dir: str,
-    metrics_path: str,
-    output_path: str,
-    *,
-    register_cfg: RegisterConfig,
-    mlflow_cfg: MlflowConfig,
-    params: dict[str, Any],
-) -> dict[str, Any]:
-    """Logs the servable model into the model's run, registers it, gates ``@champion``.
-
-    Args:
-        model_dir: the training output folder (``model.keras``, ``dataset.json``, run file).
-        metrics_path: the evaluation's ``metrics.json``.
-        output_path: where to write the registry record (``registry.json``).
-        register_cfg: the ``register`` section.
-        mlflow_cfg: the ``mlflow`` section.
-        params: all parameter sections: ``data.records_dir`` for lineage, and everything
-            is logged into the run created for a model trained without tracking.
-
-    Returns:
-        The record written to ``output_path``: ``model_name``, ``version``, ``model_uri``,
-        ``run_id``, ``aliases``, ``decision`` (``promoted``/``rejected``), ``reason``,
-        ``metric``, ``value``, ``min_accuracy``, ``previous_champion`` (before this run),
-        ``champion`` (as read at the end), ``champion_writes`` (the versions this run pointed
-        ``@champion`` at: its own, or a better one a concurrent run had overwritten),
-        ``tracking_uri``.
-
-    Raises:
-        KeyError: if ``metrics.json`` lacks ``register.metric``.
-    """
-    import mlflow
-
-    from training import model_logging, serving, tracking
-
-    metrics = tracking.read_metrics(metrics_path)
-    if register_cfg.metric not in metrics:
-        numeric = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-        raise KeyError(f"{metrics_path} has no {register_cfg.metric!r} (register.metric); it has {', '.join(numeric)}")
-    value = float(metrics[register_cfg.metric])
-    records_dir = load_section(DataConfig, params, "data").records_dir
-    with tracking.open_model_run(model_dir, params=params, config=mlflow_cfg, records_dir=records_dir) as run:
-        run_id = run.info.run_id
-        tracking.ensure_evaluation_logged(metrics_path, register_cfg.metric)
-        names = model_logging.logged_model_names(run_id)
-        if serving.PYFUNC_MODEL in names:
-            model_uri = f"models:/{names[serving.PYFUNC_MODEL]}"
-        else:
-            model_uri = serving.log_video_classifier(model_dir).model_uri
-        record = register_version(model_uri, run_id, value, register_cfg)
-        record["tracking_uri"] = tracking.tracking_uri()
-        mlflow.set_tags({
-            TAG_PREFIX + "registered_model": register_cfg.model_name,
-            TAG_PREFIX + "registered_version": str(record["version"]),
-            TAG_PREFIX + "decision": record["decision"],
-        })  # fmt: skip
-        mlflow.log_dict(record, "registry.json")
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with open(output_path, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    return record
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: register with the ``register`` and ``mlflow`` sections of ``--params``."""
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.register", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="models", help="training output folder (default: models)")
-    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluation metrics (default: %(default)s)")
-    parser.add_argument("--output", default="reports/registry.json", help="registry record (default: %(default)s)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--model", default=artifacts.MODELS_DIR, help="training output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default=artifacts.report_path(artifacts.METRICS_JSON),
+                        help="evaluation metrics (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--output", default=artifacts.report_path(artifacts.REGISTRY_JSON),
+                        help="registry record (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from training.tracking import TrackingError
-
-    try:
-        params = read_params(args.params)
-        register_cfg = load_section(RegisterConfig, params, "register")
-        mlflow_cfg = load_section(MlflowConfig, params, "mlflow")
-        if not os.path.isdir(args.model):
-            raise FileNotFoundError(
-                f"model folder {args.model} not found: train first (python -m training.train --output {args.model})"
-            )
-        record = register(
-            args.model, args.metrics, args.output, register_cfg=register_cfg, mlflow_cfg=mlflow_cfg, params=params
+    params = Params.load(args.params)
+    if not os.path.isdir(args.model):
+        raise VidseqError(
+            f"model folder {args.model} not found: train first (python -m training.train --output {args.model})"
         )
-    except (ConfigError, ContractError, TrackingError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
+    from training.tracking.registry import register
+
+    record = register(
+        args.model, args.metrics, args.output, register_cfg=params.register, mlflow_cfg=params.mlflow, params=params
+    )
     print(
         f"{record['model_name']} v{record['version']} ({', '.join('@' + a for a in record['aliases'])}): "
         f"{record['decision']}: {record['reason']}"
     )
-    return 0
 
+
+main = cli.harness(_run)
+"""CLI: register with the ``register`` and ``mlflow`` sections of ``--params``; 2 on a user error."""
 
 if __name__ == "__main__":
     sys.exit(main())

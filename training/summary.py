@@ -16,9 +16,10 @@ import os
 import sys
 from typing import Any
 
-from pipeline.config import DEFAULT_PARAMS, ConfigError, load_section, read_params
-
-from training.orchestration_config import CHAMPION, MlflowConfig, RegisterConfig
+from training import artifacts
+from vidseq import cli
+from vidseq.errors import VidseqError
+from vidseq.params import CHAMPION, DEFAULT_PARAMS, MlflowConfig, Params, RegisterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ def champion(cfg: RegisterConfig) -> dict[str, Any] | None:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from training.register import current_champion
-    from training.tracking import tracking_uri
+    from training.tracking.registry import current_champion
+    from training.tracking.runs import tracking_uri
 
     uri = tracking_uri()
     if not _store_exists(uri):
@@ -77,7 +78,7 @@ def summary_lines(
     best: dict[str, Any] | None,
 ) -> list[str]:
     """The lines :func:`main` prints (pure, for tests)."""
-    from training.tracking import tracking_uri
+    from training.tracking.runs import tracking_uri
 
     uri = tracking_uri()
     lines = [
@@ -118,31 +119,27 @@ def summary_lines(
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: prints the summary; exit 2 on a bad params file."""
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
-    parser.add_argument("--metrics", default="reports/metrics.json", help="evaluation metrics (default: %(default)s)")
-    parser.add_argument("--registry", default="reports/registry.json", help="registry record (default: %(default)s)")
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    parser.add_argument("--metrics", default=artifacts.report_path(artifacts.METRICS_JSON),
+                        help="evaluation metrics (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--registry", default=artifacts.report_path(artifacts.REGISTRY_JSON),
+                        help="registry record (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from mlflow.exceptions import MlflowException
 
+    params = Params.load(args.params)
     try:
-        params = read_params(args.params)
-        register_cfg = load_section(RegisterConfig, params, "register")
-        mlflow_cfg = load_section(MlflowConfig, params, "mlflow")
-        best = champion(register_cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        best = champion(params.register)
     except MlflowException as exc:
-        print(f"error: cannot read the MLflow registry: {str(exc.message).splitlines()[0]}", file=sys.stderr)
-        return 2
-    for line in summary_lines(register_cfg, mlflow_cfg, _read_json(args.metrics), _read_json(args.registry), best):
+        raise VidseqError(f"cannot read the MLflow registry: {str(exc.message).splitlines()[0]}") from exc
+    for line in summary_lines(params.register, params.mlflow, _read_json(args.metrics), _read_json(args.registry), best):
         print(line)
-    return 0
 
+
+main = cli.harness(_run, log_level=logging.WARNING)
+"""CLI: prints the summary; exit 2 on a bad params file or an unreachable registry."""
 
 if __name__ == "__main__":
     sys.exit(main())

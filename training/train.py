@@ -1,411 +1,59 @@
-"""Training stage: fits the CNN-LSTM on the records' train split, validating on ``val``.
+"""Training stage: fits the CNN-LSTM on the records' train split and logs the run to MLflow.
 
-``python -m training.train --records DIR --output DIR [--params params.yaml] [--summary]``
+``python -m training.train --records DIR --output DIR [--params params.yaml] [--summary] [--no-track]``
 
-Writes into the output directory ``model.keras`` (best weights on validation),
-``dataset.json`` (the spec it was trained on), ``history.json``, ``history.csv`` (one row per
-epoch, for ``dvc plots``) and ``training_curves.png``. A run that is killed resumes from its
-last completed epoch when started again with the same output directory (Keras
-``BackupAndRestore``; the backup lives in ``OUTPUT/backup`` until training succeeds).
+Composes the Keras core (:func:`training.fit.train`: model, history, curves and resume in the
+output folder) with MLflow tracking (:func:`training.tracking.runs.track_training`: starts the
+run that evaluate and register continue; its id goes to ``OUTPUT/mlflow_run.json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import json
-import logging
-import math
-import os
-import shutil
 import sys
-import time
-from typing import Any
-
-import keras
-import tensorflow as tf
 
 from pipeline import records
-from pipeline.config import ConfigError, DataConfig, load_section, read_params
-from pipeline.records import ContractError, DatasetSpec
-
-from training.config import ModelConfig, TrainConfig
-from training.data import (
-    DamagedRecordsError, EmptySplitError, check_compatible, count_clips, make_dataset, reading_records,
-)  # fmt: skip
-from training import tracking
-from training.artifacts import MODEL_FILE
-from training.model import build_model
-from training.orchestration_config import MlflowConfig
-from training.tracking import TrackingError
-
-logger = logging.getLogger(__name__)
-
-HISTORY_JSON = "history.json"
-HISTORY_CSV = "history.csv"
-CURVES_PNG = "training_curves.png"
-BACKUP_DIR = "backup"
-BEST_WEIGHTS = os.path.join("checkpoint", "best.weights.h5")
-RESUME_JSON = "resume.json"  # what the backup was made of: resume only the same model on the same data
+from training import artifacts
+from vidseq import cli
+from vidseq.params import DEFAULT_PARAMS, Params
 
 
-@dataclasses.dataclass
-class TrainResult:
-    """What :func:`train` produced.
-
-    Attributes:
-        model: the trained model, best weights on validation.
-        spec: the records' spec the model was built for.
-        history: ``{metric: [value per epoch]}`` over all epochs, resumed ones included.
-        initial_epoch: 0 for a fresh run, else the epoch a resumed run started at.
-        best_epoch: the (0-based) epoch whose weights were kept.
-        seconds: wall time of this call's ``fit``.
-        paths: ``{"model", "dataset", "history_json", "history_csv", "curves"}`` -> file.
-    """
-
-    model: keras.Model
-    spec: DatasetSpec
-    history: dict[str, list[float]]
-    initial_epoch: int
-    best_epoch: int
-    seconds: float
-    paths: dict[str, str]
-
-
-def select_strategy() -> tf.distribute.Strategy:
-    """``MirroredStrategy`` when several GPUs are visible, else the default strategy."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def configure_mixed_precision(enabled: bool) -> bool:
-    """Sets the ``mixed_float16`` policy if asked and a GPU exists; returns whether it did."""
-    if not enabled:
-        return False
-    if not tf.config.list_physical_devices("GPU"):
-        logger.warning("train.mixed_precision is only used on GPUs: training in float32 on this CPU")
-        return False
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    return True
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam with the ``train.lr_schedule`` learning rate."""
-    learning_rate: Any = cfg.learning_rate
-    if cfg.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, cfg.epochs * steps_per_epoch)
-    return keras.optimizers.Adam(learning_rate, weight_decay=cfg.weight_decay or None)
-
-
-def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> keras.Model:
-    model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-class _FirstEpoch(keras.callbacks.Callback):
-    """Records the epoch ``fit`` starts at (after ``BackupAndRestore`` restored a backup)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.epoch: int | None = None
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.epoch is None:
-            self.epoch = epoch
-            if epoch:
-                logger.info("resuming an interrupted run at epoch %d", epoch + 1)
-
-
-def train(
-    records_dir: str,
-    output_dir: str,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    *,
-    verbose: int | str = 0,
-) -> TrainResult:
-    """Trains a model on ``records_dir`` and writes it and its history into ``output_dir``.
-
-    Starting again with the same ``output_dir`` after an interruption resumes from the last
-    completed epoch; a finished output directory is overwritten by a fresh run.
-
-    Raises:
-        EmptySplitError: if the train or val split has no clips.
-        ContractError: if the records do not fit the model.
-        DamagedRecordsError: if a train or val shard is corrupt or truncated (names file and record).
-    """
-    keras.utils.set_random_seed(train_cfg.seed)
-    spec = records.read_spec(records_dir)
-    train_clips = count_clips(records_dir, "train", spec)
-    count_clips(records_dir, "val", spec)
-    steps_per_epoch = math.ceil(train_clips / train_cfg.batch_size)
-    paths = _output_paths(output_dir)
-    resuming = _can_resume(paths, {"model": model_cfg.as_dict(), "dataset": spec.to_dict()})
-    if not resuming:
-        _remove(paths["history_csv"], paths["best_weights"])
-    os.makedirs(os.path.dirname(paths["best_weights"]), exist_ok=True)
-
-    train_ds = make_dataset(
-        records_dir, "train", spec, train_cfg.batch_size, training=True, augment=train_cfg.augment,
-        seed=train_cfg.seed, shuffle_buffer=train_cfg.shuffle_buffer, cache=train_cfg.cache,
-    )  # fmt: skip
-    val_ds = make_dataset(records_dir, "val", spec, train_cfg.batch_size, cache=train_cfg.cache)
-
-    mixed = configure_mixed_precision(train_cfg.mixed_precision)
-    try:
-        with select_strategy().scope():
-            model = compile_model(build_model(spec, model_cfg), train_cfg, steps_per_epoch)
-        check_compatible(model, train_ds, spec)
-        first = _FirstEpoch()
-        logger.info(
-            "training %s on %d clips (%d steps/epoch) of %s for up to %d epochs",
-            model.name, train_clips, steps_per_epoch, spec.clip_shape, train_cfg.epochs,
-        )  # fmt: skip
-        start = time.perf_counter()
-        with reading_records(records_dir, spec, "train", "val"):  # a damaged shard: one error naming it
-            model.fit(
-                train_ds, validation_data=val_ds, epochs=train_cfg.epochs, verbose=verbose,
-                callbacks=[first, *make_callbacks(paths, train_cfg, resuming)],
-                shuffle=False,  # the dataset shuffles itself
-            )  # fmt: skip
-        seconds = time.perf_counter() - start
-    finally:
-        if mixed:
-            keras.mixed_precision.set_global_policy("float32")
-
-    history = _dedupe_history(paths["history_csv"])
-    if any(math.isnan(v) for v in history.get("loss", [])):
-        raise FloatingPointError(
-            f"training diverged (loss NaN) at epoch {len(history['loss'])}: lower train.learning_rate"
-        )
-    if os.path.exists(paths["best_weights"]):  # best over the whole run, resumed epochs included
-        model.load_weights(paths["best_weights"])
-    initial_epoch = first.epoch if first.epoch is not None else len(history.get("epoch", []))
-    result = TrainResult(model, spec, history, initial_epoch, _best_epoch(history, train_cfg.monitor), seconds, {
-        k: paths[k] for k in ("model", "dataset", "history_json", "history_csv", "curves")
-    })  # fmt: skip
-    write_outputs(result, train_cfg.monitor)
-    shutil.rmtree(os.path.dirname(paths["best_weights"]), ignore_errors=True)
-    _remove(paths["resume"])
-    logger.info("trained in %.1fs; best epoch %d; wrote %s", seconds, result.best_epoch + 1, output_dir)
-    return result
-
-
-def make_callbacks(paths: dict[str, str], cfg: TrainConfig, resuming: bool) -> list[keras.callbacks.Callback]:
-    """Best-weights checkpoint, early stopping, NaN guard, CSV log and the resumable backup.
-
-    The backup comes last, so that an epoch it records is already in the log and checkpoint.
-    """
-    threshold = _best_logged(paths["history_csv"], cfg.monitor) if resuming else None
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
-            paths["best_weights"], monitor=cfg.monitor, save_best_only=True, save_weights_only=True,
-            initial_value_threshold=threshold,  # the interrupted run's best still counts
-        ),  # fmt: skip
-    ]
-    if cfg.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=cfg.monitor, patience=cfg.early_stopping_patience, restore_best_weights=True
-            )
-        )
-    return [
-        *callbacks,
-        keras.callbacks.CSVLogger(paths["history_csv"], append=resuming),
-        keras.callbacks.BackupAndRestore(paths["backup"], double_checkpoint=True),
-    ]
-
-
-def write_outputs(result: TrainResult, monitor: str) -> None:
-    """Writes the model, the dataset spec, history.json and the training curves."""
-    result.model.save(result.paths["model"])
-    with open(result.paths["dataset"], "w", encoding="utf-8") as handle:
-        handle.write(result.spec.to_json())
-    summary = {
-        "initial_epoch": result.initial_epoch,
-        "best_epoch": result.best_epoch,
-        "monitor": monitor,
-        "seconds": round(result.seconds, 3),
-        "history": result.history,
-    }
-    with open(result.paths["history_json"], "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
-    plot_history(result.history, result.paths["curves"])
-
-
-def _output_paths(output_dir: str) -> dict[str, str]:
-    os.makedirs(output_dir, exist_ok=True)
-    join = lambda name: os.path.join(output_dir, name)  # noqa: E731
-    return {
-        "model": join(MODEL_FILE),
-        "dataset": join(records.DATASET_JSON),
-        "history_json": join(HISTORY_JSON),
-        "history_csv": join(HISTORY_CSV),
-        "curves": join(CURVES_PNG),
-        "backup": join(BACKUP_DIR),
-        "best_weights": join(BEST_WEIGHTS),
-        "resume": join(RESUME_JSON),
-    }
-
-
-def _can_resume(paths: dict[str, str], fingerprint: dict[str, Any]) -> bool:
-    """Whether a backup of an interrupted run of the same model on the same data exists.
-
-    A backup of another model or dataset cannot be restored: it is removed, with a warning.
-    The fingerprint of this run is written for the next start.
-    """
-    backup = paths["backup"]
-    resumable = os.path.isdir(backup) and bool(os.listdir(backup))
-    if resumable:
-        try:
-            with open(paths["resume"], encoding="utf-8") as handle:
-                resumable = json.load(handle) == json.loads(json.dumps(fingerprint))
-        except (OSError, ValueError):
-            resumable = False
-        if resumable:
-            logger.info("found the backup of an interrupted run in %s: resuming it", backup)
-        else:
-            logger.warning("%s holds a backup of another model or dataset: starting over", backup)
-            shutil.rmtree(backup)
-    with open(paths["resume"], "w", encoding="utf-8") as handle:
-        json.dump(fingerprint, handle)
-    return resumable
-
-
-def _remove(*paths: str) -> None:
-    for path in paths:
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def _read_csv(path: str) -> list[dict[str, str]]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _best_logged(path: str, monitor: str) -> float | None:
-    """The best ``monitor`` value logged by an interrupted run (for ModelCheckpoint)."""
-    values = [float(row[monitor]) for row in _read_csv(path) if row.get(monitor)]
-    if not values:
-        return None
-    return max(values) if "accuracy" in monitor else min(values)
-
-
-def _dedupe_history(path: str) -> dict[str, list[float]]:
-    """Reads the CSV log, keeps the last row of each epoch (a resumed epoch is logged twice)."""
-    rows = {int(row["epoch"]): row for row in _read_csv(path)}
-    ordered = [rows[e] for e in sorted(rows)]
-    keys = list(ordered[0]) if ordered else []
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(ordered)
-    return {k: [int(r[k]) if k == "epoch" else float(r[k]) for r in ordered] for k in keys}
-
-
-def _best_epoch(history: dict[str, list[float]], monitor: str) -> int:
-    values = history.get(monitor)
-    if not values:
-        return len(history.get("epoch", [])) - 1
-    best = max(values) if "accuracy" in monitor else min(values)
-    return int(history["epoch"][values.index(best)])
-
-
-def plot_history(history: dict[str, list[float]], path: str) -> None:
-    """Writes loss and accuracy curves (train and validation) to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [e + 1 for e in history.get("epoch", [])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
-            if key in history:
-                ax.plot(epochs, history[key], style, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def summarize(spec: DatasetSpec, model_cfg: ModelConfig) -> str:
-    """A table of the shape flowing through each layer, per-frame layers included."""
-    model = build_model(spec, model_cfg)
-    lines = [
-        f"{model.name}: clips (T, H, W, C) = {spec.clip_shape} -> {spec.num_classes} classes {list(spec.classes)}",
-        f"{'layer':<42}{'output shape':<30}{'params':>10}",
-    ]
-    for layer in model.layers:
-        lines.append(f"{layer.name + ' (' + type(layer).__name__ + ')':<42}{_shape(layer.output.shape):<30}"
-                     f"{layer.count_params():>10,}")  # fmt: skip
-        if isinstance(layer, keras.layers.TimeDistributed):
-            steps = layer.output.shape[1]
-            for inner in layer.layer.layers:  # applied to each time step
-                shape = _shape((None, steps, *inner.output.shape[1:]))
-                label = f"  {inner.name} ({type(inner).__name__})"
-                lines.append(f"{label:<42}{shape:<30}{inner.count_params():>10,}")
-    lines.append(f"total parameters: {model.count_params():,}")
-    return "\n".join(lines)
-
-
-def _shape(shape: tuple) -> str:
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI: train (or ``--summary``) with the ``model`` and ``train`` sections of ``--params``."""
+def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
     parser.add_argument("--records", help="records directory (default: params data.records_dir)")
-    parser.add_argument("--output", default="models", help="output directory (default: models)")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--output", default=artifacts.MODELS_DIR, help="output directory (default: %(default)s)")
+    parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     parser.add_argument("--summary", action="store_true", help="print the shape through each layer and exit")
     parser.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras fit verbosity")
     parser.add_argument(
         "--no-track", dest="track", action="store_false",
         help="do not log to MLflow (default: start the pipeline run; its id goes to OUTPUT/mlflow_run.json)",
-    )
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model_cfg = load_section(ModelConfig, args.params, "model")
-        train_cfg = load_section(TrainConfig, args.params, "train")
-        records_dir = args.records or load_section(DataConfig, args.params, "data").records_dir
-        if args.summary:
-            print(summarize(records.read_spec(records_dir), model_cfg))
-            return 0
-        mlflow_cfg = load_section(MlflowConfig, args.params, "mlflow")
-        result = train(records_dir, args.output, model_cfg, train_cfg, verbose=args.verbose)
-        if args.track:
-            run_id = tracking.track_training(
-                args.output, read_params(args.params), records_dir=records_dir, config=mlflow_cfg, model=result.model
-            )
-            print(f"MLflow run {run_id} ({tracking.tracking_uri()})")
-    except DamagedRecordsError as exc:  # the data, not the command, is wrong
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (ConfigError, ContractError, EmptySplitError, FileNotFoundError, FloatingPointError, TrackingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    params = Params.load(args.params)
+    records_dir = args.records or params.data.records_dir
+    if args.summary:
+        from training.model import summarize
+
+        print(summarize(records.read_spec(records_dir), params.model))
+        return
+    from training.fit import train
+
+    result = train(records_dir, args.output, params.model, params.train, verbose=args.verbose)
+    if args.track:
+        from training.tracking import runs
+
+        run_id = runs.track_training(
+            args.output, params.as_dict(), records_dir=records_dir, config=params.mlflow, model=result.model
+        )
+        print(f"MLflow run {run_id} ({runs.tracking_uri()})")
     history, best = result.history, result.best_epoch
     val_acc = history["val_accuracy"][history["epoch"].index(best)] if "val_accuracy" in history else float("nan")
     print(f"best epoch {best + 1}: val_accuracy {val_acc:.4f}; {result.seconds:.1f}s; model {result.paths['model']}")
-    return 0
 
+
+main = cli.harness(_run)
+"""CLI: ``main(argv) -> exit code``; 2 for a bad parameter, missing or mismatched data; 1 for damaged records."""
 
 if __name__ == "__main__":
     sys.exit(main())

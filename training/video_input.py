@@ -18,7 +18,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
-from pipeline.config import ConfigError
+from vidseq.params import ConfigError
 from pipeline.video import VideoError
 
 ALLOWED_ROOT_ENV = "VIDSEQ_SERVE_ALLOWED_ROOT"

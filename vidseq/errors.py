@@ -20,3 +20,7 @@ class WorkFailedError(VidseqError):
     """The work ran but its result is not usable (e.g. too many videos failed). Exit status 1."""
 
     exit_code = 1
+
+
+class MissingFileError(VidseqError, FileNotFoundError):
+    """A file or folder that the user named, or that an earlier stage should have written, is missing."""

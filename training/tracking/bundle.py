@@ -1,8 +1,9 @@
-"""Which of the project's source files a module runs: its imports, followed transitively.
+"""Which of the project's source files a module runs: what the served model bundles as its code.
 
-One answer for two questions: the files the served model bundles (``code_paths`` of the
-pyfunc) and the code a DVC stage depends on (a test checks every stage's ``deps`` cover its
-entry point's closure). Imports inside functions count too: they run.
+:func:`closure` follows a module's imports transitively (imports inside functions count too:
+they run). It answers two questions with one rule: the files the pyfunc carries as
+``code_paths`` (:mod:`training.tracking.pyfunc`), and, in the tests, the code each DVC stage
+must list in its ``deps``. Plain Python (``ast``): no MLflow import.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator
 PACKAGES = ("vidseq", "pipeline", "training")
 """The project's top-level packages; imports of anything else are third-party."""
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 """The folder holding the packages (the repository root in a checkout)."""
 
 

@@ -16,8 +16,8 @@ What lands in the run:
   ``(-1, T, H, W, C) float32 -> (-1, classes)`` and an input example.
 * evaluate: every number of ``metrics.json`` as ``test_<key>`` and the reports
   (``evaluation/metrics.json``, confusion matrix PNG/CSV, per-class CSV).
-* register: the servable pyfunc ``video_classifier`` (:mod:`training.serving`), registered
-  and gated by :mod:`training.register`.
+* register: the servable pyfunc ``video_classifier`` (:mod:`training.tracking.pyfunc`),
+  registered and gated by :mod:`training.tracking.registry`.
 
 The stages call one function each (:func:`track_training`, :func:`track_evaluation`,
 :func:`open_model_run`); the pieces they are made of are public for finer use.
@@ -41,27 +41,31 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from pipeline import records
-from pipeline.config import flatten
+from vidseq.validation import flatten
 from pipeline.records import DatasetSpec
 
-from training import lineage
-from training.artifacts import model_files
-from training.model_logging import KERAS_MODEL, log_keras_model, logged_model_names
-from training.orchestration_config import MlflowConfig
+from training.tracking import lineage
+from training.artifacts import (
+    EVALUATION_ARTIFACTS,
+    HISTORY_JSON,
+    METRICS_JSON,
+    RUN_FILE,
+    TRAINING_ARTIFACTS,
+    model_files,
+)
+from vidseq.errors import VidseqError
+from training.tracking.model_logging import KERAS_MODEL, log_keras_model, logged_model_names
+from vidseq.params import MlflowConfig
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "mlflow_run.json"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 METRIC_PREFIX = "test_"
-HISTORY_JSON = "history.json"
-TRAINING_ARTIFACTS = ("training_curves.png", "history.json", "history.csv")
-EVALUATION_ARTIFACTS = ("metrics.json", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
 _MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(VidseqError):
     """The run a stage should continue cannot be found; the message says what to do."""
 
 
@@ -409,7 +413,7 @@ def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX) -> dict[st
     mlflow.log_metrics(metrics)
     folder = os.path.dirname(metrics_path)
     for name in EVALUATION_ARTIFACTS:
-        path = os.path.join(folder, name) if name != "metrics.json" else metrics_path
+        path = os.path.join(folder, name) if name != METRICS_JSON else metrics_path
         if os.path.exists(path):
             mlflow.log_artifact(path, "evaluation")
     return metrics

@@ -10,7 +10,6 @@ is ``None`` (or computed without the repository), never an error.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import subprocess
@@ -139,15 +138,8 @@ def errors_summary(records_dir: str, examples: int = 20) -> dict[str, Any]:
         ``{"count", "by_stage": {stage: n}, "by_reason": {reason: n} (most common first),
         "examples": [first few entries]}``; count 0 when the file is missing or empty.
     """
-    entries: list[dict[str, Any]] = []
-    text = records.read_text(records_dir, records.ERRORS_JSONL) or ""
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            entries.append({"path": f"{records.ERRORS_JSONL}:{number}", "reason": "unparsable line", "stage": "unknown"})
+    entries, problems = records.read_errors(records_dir)
+    entries += [{"path": problem, "reason": "unparsable line", "stage": "unknown"} for problem in problems]
     by_stage = collections.Counter(str(e.get("stage", "unknown")) for e in entries)
     by_reason = collections.Counter(str(e.get("reason", "unknown")) for e in entries)
     return {

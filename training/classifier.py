@@ -1,4 +1,4 @@
-"""The video classifier that predict and MLflow serve: video in, label and probabilities out.
+"""The video classifier: a video in, a label and probabilities out, sampled exactly as in training.
 
 A video is decoded and cut into clips by :func:`pipeline.video.iter_clips` with the
 ``PreprocessConfig`` stored in the model's ``dataset.json`` (``sampling``), so it is sampled
@@ -7,57 +7,37 @@ scaled by training's own tf.data parser (:func:`training.data.parse_clip`), so t
 bit-identical input. The model classifies every clip and the clip probabilities are averaged
 into the video's.
 
-:class:`VideoClassifier` does that for ``training.predict``; :class:`VideoClassifierModel`
-wraps it as an ``mlflow.pyfunc.PythonModel`` whose artifacts are ``model.keras`` and
-``dataset.json``. Served with ``mlflow models serve -m models:/vidseq-cnn-lstm@champion``, it
-takes a DataFrame whose ``video`` column holds the video's bytes in base64 (or, when the
-operator sets ``VIDSEQ_SERVE_ALLOWED_ROOT``, a path inside that folder: :mod:`training.video_input`),
-and answers one row per video::
-
-    POST /invocations {"dataframe_records": [{"video": "<base64>"}]}
-    -> {"predictions": [{"label": "MoveLeft", "probabilities": {...}, "clips": 3, "error": null}]}
-
-A row whose video cannot be read gets ``error`` (``"<stage>: <reason>"``) and no label; the
-other rows are still answered. :mod:`training.limits` caps what a request and a video may cost:
-too many rows or bytes is refused whole (HTTP 429), a worker whose decode slots are all taken
-refuses at once (HTTP 503, ``busy: ...``), and a video over a cap gets ``limit: ...`` or
-``timeout: ...`` as soon as the cap is hit.
+:class:`VideoClassifier` is used by ``training.predict`` and, wrapped as an MLflow pyfunc, by
+the served model (:mod:`training.tracking.pyfunc`); it imports neither MLflow nor Beam.
+:mod:`training.limits` caps what a request and a video may cost: a video over a cap gets
+``limit: ...`` or ``timeout: ...`` as soon as the cap is hit; :mod:`training.video_input` turns a
+served ``video`` cell into something to decode.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
-import shutil
-import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import mlflow
 import numpy as np
-import pandas as pd
 
 from pipeline import records
-from pipeline.config import ConfigError, PreprocessConfig, from_mapping
 from pipeline.records import ContractError, DatasetSpec
 from pipeline.video import DecodeLimits, VideoError, iter_clips
-
 from training.artifacts import model_files
-from training.limits import Busy, DecodeGate, LimitExceeded, Limits, RequestBudget, release_memory
-from training.video_input import allowed_root, open_video
+from training.limits import Limits, RequestBudget
+from training.model import load_keras_model
+from training.video_input import open_video
+from vidseq.params import PreprocessConfig
+from vidseq.validation import ConfigError, from_mapping
 
-__all__ = ["VideoClassifier", "VideoClassifierModel", "log_video_classifier", "open_video", "preprocess_config"]
+__all__ = ["VideoClassifier", "preprocess_config"]
 
 logger = logging.getLogger(__name__)
 
-VIDEO_COLUMN = "video"
-OUTPUT_COLUMNS = ("label", "probabilities", "clips", "error")
-PYFUNC_MODEL = "video_classifier"
 CLIP_BATCH = 16
-_PACKAGES = ("pipeline", "training")
 
 
 def preprocess_config(spec: DatasetSpec) -> PreprocessConfig:
@@ -230,29 +210,6 @@ class VideoClassifier:
         return rows
 
 
-def load_keras_model(path: str) -> Any:
-    """``keras.saving.load_model`` with one clear error for a damaged file.
-
-    Raises:
-        ContractError: naming the file and the fix, for a truncated or non-Keras file.
-    """
-    import keras
-
-    if not zipfile.is_zipfile(path):
-        raise ContractError(
-            f"{path} is damaged (truncated?) or not a Keras .keras file: restore it or re-train "
-            "(python -m training.train)"
-        )
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises ValueError, KeyError, OSError, ... for a damaged archive
-        logger.debug("loading %s", path, exc_info=True)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ContractError(
-            f"{path} cannot be loaded as a Keras model ({detail}): restore it or re-train (python -m training.train)"
-        ) from exc
-
-
 def _error_row(error: str) -> dict[str, Any]:
     return {"label": None, "probabilities": None, "clips": None, "error": error}
 
@@ -260,130 +217,3 @@ def _error_row(error: str) -> dict[str, Any]:
 def _short(value: Any) -> str:
     text = value if isinstance(value, str) else f"<{type(value).__name__}>"
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _video_values(model_input: Any) -> list[Any]:
-    """The ``video`` cells of a pyfunc input: a DataFrame, a dict of columns, a list or one value."""
-    if isinstance(model_input, pd.DataFrame):
-        if VIDEO_COLUMN not in model_input.columns:
-            raise ValueError(
-                f"the input needs a {VIDEO_COLUMN!r} column (file path or base64 video), "
-                f"got {list(model_input.columns)}"
-            )
-        return list(model_input[VIDEO_COLUMN])
-    if isinstance(model_input, dict):
-        values = model_input.get(VIDEO_COLUMN)
-        if values is None:
-            raise ValueError(f"the input needs a {VIDEO_COLUMN!r} key, got {sorted(model_input)}")
-        return list(values) if isinstance(values, (list, tuple, np.ndarray)) else [values]
-    if isinstance(model_input, (list, tuple, np.ndarray, pd.Series)):
-        return [row.get(VIDEO_COLUMN) if isinstance(row, dict) else row for row in model_input]
-    return [model_input]
-
-
-class VideoClassifierModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc: ``video`` column (path or base64) -> ``label``, ``probabilities``, ``clips``, ``error``.
-
-    Artifacts: ``keras_model`` (``model.keras``) and ``dataset`` (its ``dataset.json``). The
-    limits (:class:`training.limits.Limits`) and the allowed folder of path rows are read at load
-    time from the model's ``model_config`` and the ``VIDSEQ_*`` environment.
-    """
-
-    def load_context(self, context: Any) -> None:
-        self.limits = Limits.load(config=getattr(context, "model_config", None))
-        self.root = allowed_root()
-        self.gate = DecodeGate(self.limits.max_concurrent)
-        self.classifier = VideoClassifier.from_files(
-            context.artifacts["keras_model"], context.artifacts["dataset"], limits=self.limits
-        )
-        logger.info("limits %s; path rows %s", self.limits, f"under {self.root}" if self.root else "off")
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Classifies every row; returns a DataFrame with :data:`OUTPUT_COLUMNS`.
-
-        ``model_input`` is a DataFrame when served; a dict of columns, a list or a single
-        base64 string also work in-process.
-
-        Raises:
-            MlflowException: ``REQUEST_LIMIT_EXCEEDED`` (HTTP 429) for too many rows or bytes,
-                ``TEMPORARILY_UNAVAILABLE`` (HTTP 503) when every decode slot is taken.
-        """
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE
-
-        values = _video_values(model_input)
-        try:
-            self.limits.check_request(values)
-            with self.gate.slot():
-                rows = self.classifier.classify_values(values, self.root)
-        except LimitExceeded as exc:
-            raise MlflowException(f"limit: {exc}", error_code=REQUEST_LIMIT_EXCEEDED) from None
-        except Busy as exc:
-            raise MlflowException(str(exc), error_code=TEMPORARILY_UNAVAILABLE) from None
-        finally:
-            del values
-            release_memory()
-        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
-
-
-def pyfunc_signature(spec: DatasetSpec) -> Any:
-    """``video: string`` -> ``label: string, probabilities: map<string, double>, clips: long, error: string``."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, DataType, Map, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec(DataType.string, VIDEO_COLUMN)]),
-        outputs=Schema(
-            [
-                ColSpec(DataType.string, "label", required=False),
-                ColSpec(Map(DataType.double), "probabilities", required=False),
-                ColSpec(DataType.long, "clips", required=False),
-                ColSpec(DataType.string, "error", required=False),
-            ]
-        ),
-    )
-
-
-def _copy_code(destination: str) -> list[str]:
-    """Copies the ``pipeline`` and ``training`` packages (no caches) for the model's ``code/``."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = []
-    for package in _PACKAGES:
-        target = os.path.join(destination, package)
-        shutil.copytree(os.path.join(root, package), target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        paths.append(target)
-    return paths
-
-
-def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL) -> Any:
-    """Logs the servable pyfunc of the model in ``model_dir`` into the active run.
-
-    The model carries ``model.keras``, ``dataset.json`` and the ``pipeline`` and ``training``
-    code it needs, with pinned requirements, so ``mlflow models serve`` runs it anywhere
-    those packages install; its ``model_config`` holds the default :class:`Limits`, which
-    ``load_model(..., model_config=...)``, ``SERVING_MODEL_CONFIG`` and ``VIDSEQ_*`` override.
-
-    Returns:
-        MLflow's ``ModelInfo``.
-
-    Raises:
-        FileNotFoundError: if ``model_dir`` lacks ``model.keras`` or ``dataset.json``.
-        ContractError: if ``dataset.json`` has no usable ``sampling``.
-    """
-    from training.model_logging import pinned_requirements
-
-    model_path, dataset_path = model_files(model_dir)
-    artifacts = {"keras_model": model_path, "dataset": dataset_path}
-    spec = records.read_spec(model_dir)
-    preprocess_config(spec)  # fail now, not when serving
-    with tempfile.TemporaryDirectory(prefix="vidseq-code-") as tmp:
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=VideoClassifierModel(),
-            artifacts=artifacts,
-            code_paths=_copy_code(tmp),
-            signature=pyfunc_signature(spec),
-            model_config=dataclasses.asdict(Limits()),
-            pip_requirements=pinned_requirements("tensorflow", "keras", "av", "numpy", "pandas", "pillow", "pyyaml"),
-        )
-

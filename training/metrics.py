@@ -1,0 +1,265 @@
+"""Evaluation metrics: clip- and video-level scores of a trained model on a held-out split, and their reports.
+
+Reports clip accuracy, top-k accuracy, video-level accuracy (clip probabilities averaged per
+``video_id``, as mmaction2 and PySlowFast report), per-class precision/recall/F1, a confusion
+matrix, and a temporal-order check: accuracy when each clip's frames are shuffled in time
+(seeded) and when they are reversed. A model that uses motion falls towards chance on shuffled
+frames; on classes that are time-reversals of each other (left/right, zoom in/out) it falls
+towards 0 on reversed frames.
+
+Writes into the output directory ``metrics.json`` (flat keys, ``dvc metrics show``),
+``predictions.csv`` (one ``video_id,actual,predicted,confidence`` row per clip: the
+``dvc plots`` confusion template), ``confusion_matrix.csv``, ``confusion_matrix.png`` and
+``per_class.csv`` (names in :mod:`training.artifacts`). The metric logic is plain numpy, in the
+functions below; the stage entry point is ``python -m training.evaluate``. No MLflow here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline import records
+from pipeline.records import ContractError, DatasetSpec
+from training.artifacts import CONFUSION_CSV, CONFUSION_PNG, METRICS_JSON, PER_CLASS_CSV, PREDICTIONS_CSV, model_files
+from vidseq.params import EvaluateConfig
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- metrics (numpy)
+
+
+def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Fraction of rows whose arg-max probability is the label."""
+    return float(np.mean(np.argmax(probs, axis=1) == labels)) if len(labels) else float("nan")
+
+
+def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the ``k`` most probable classes."""
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == labels[:, None], axis=1))) if len(labels) else float("nan")
+
+
+def video_level(
+    probs: np.ndarray, labels: np.ndarray, video_ids: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Averages clip probabilities per video.
+
+    Returns:
+        ``(ids, video_labels, video_probs)``, videos in order of first appearance.
+
+    Raises:
+        ValueError: if the clips of one video carry different labels.
+    """
+    order: dict[str, list[int]] = {}
+    for i, vid in enumerate(video_ids):
+        order.setdefault(vid, []).append(i)
+    ids = list(order)
+    video_probs = np.stack([probs[rows].mean(axis=0) for rows in order.values()]) if ids else probs[:0]
+    video_labels = []
+    for vid, rows in order.items():
+        found = set(labels[rows].tolist())
+        if len(found) != 1:
+            raise ValueError(f"video {vid!r} has clips with different labels {sorted(found)}")
+        video_labels.append(found.pop())
+    return ids, np.asarray(video_labels, dtype=np.int64), video_probs
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """``cm[actual, predicted]`` counts."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, predictions), 1)
+    return cm
+
+
+def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined)."""
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0)
+    support = cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def shuffle_time(clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Permutes the frames of each clip ``(batch, T, ...)`` in time, independently per clip."""
+    order = np.argsort(rng.random(clips.shape[:2]), axis=1)
+    return clips[np.arange(clips.shape[0])[:, None], order]
+
+
+def compute_metrics(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    video_ids: Sequence[str],
+    classes: Sequence[str],
+    top_k: int = 2,
+    shuffled_probs: np.ndarray | None = None,
+    reversed_probs: np.ndarray | None = None,
+) -> dict[str, float | int]:
+    """All metrics as one flat dict (``dvc metrics show`` and MLflow take it as is)."""
+    cm = confusion_matrix(labels, np.argmax(probs, axis=1), len(classes))
+    scores = per_class_scores(cm)
+    _, video_labels, video_probs = video_level(probs, labels, video_ids)
+    eps = 1e-7
+    metrics: dict[str, float | int] = {
+        "accuracy": accuracy(labels, probs),
+        f"top_{min(top_k, len(classes))}_accuracy": top_k_accuracy(labels, probs, top_k),
+        "video_accuracy": accuracy(video_labels, video_probs),
+        "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)))),
+        "macro_precision": float(scores["precision"].mean()),
+        "macro_recall": float(scores["recall"].mean()),
+        "macro_f1": float(scores["f1"].mean()),
+        "chance": 1.0 / len(classes),
+        "clips": int(len(labels)),
+        "videos": int(len(video_labels)),
+    }
+    if shuffled_probs is not None:
+        metrics["shuffled_accuracy"] = accuracy(labels, shuffled_probs)
+        metrics["shuffled_video_accuracy"] = accuracy(video_labels, video_level(shuffled_probs, labels, video_ids)[2])
+    if reversed_probs is not None:
+        metrics["reversed_accuracy"] = accuracy(labels, reversed_probs)
+    for i, name in enumerate(classes):
+        for key in ("precision", "recall", "f1"):
+            metrics[f"{key}_{name}"] = float(scores[key][i])
+    return metrics
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What :func:`evaluate` produced: ``metrics`` (flat) and ``paths`` of the files written."""
+
+    metrics: dict[str, float | int]
+    paths: dict[str, str]
+
+
+def load_trained(model_dir: str) -> tuple[Any, DatasetSpec]:
+    """Loads ``model.keras`` and the ``dataset.json`` it was trained on from ``model_dir``."""
+    from training.model import load_keras_model
+
+    model_path, _ = model_files(model_dir)
+    return load_keras_model(model_path), records.read_spec(model_dir)
+
+
+def check_same_classes(model_spec: DatasetSpec, records_spec: DatasetSpec) -> None:
+    """Raises ContractError unless the model was trained on the records' class list."""
+    if tuple(model_spec.classes) != tuple(records_spec.classes):
+        raise ContractError(
+            f"the model was trained on classes {list(model_spec.classes)} but the records have "
+            f"{list(records_spec.classes)}: evaluate on records made with the same classes or retrain"
+        )
+
+
+def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+    """Runs the model over a split: as recorded, frames shuffled in time, frames reversed.
+
+    Returns:
+        ``{"labels", "video_ids", "probs", "shuffled_probs", "reversed_probs"}`` arrays.
+    """
+    from training.data import check_compatible, make_dataset
+    from training.shards import reading_records
+
+    ds = make_dataset(records_dir, cfg.split, spec, cfg.batch_size, with_video_id=True)
+    check_compatible(model, ds, spec)
+    rng = np.random.default_rng(cfg.shuffle_seed)
+    keys = ("labels", "video_ids", "probs", "shuffled_probs", "reversed_probs")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    with reading_records(records_dir, spec, cfg.split):  # a damaged shard: one error naming it
+        for clips, labels, video_ids in ds.as_numpy_iterator():
+            out["labels"].append(labels)
+            out["video_ids"].append(np.array([v.decode("utf-8") for v in video_ids], dtype=object))
+            out["probs"].append(np.asarray(model.predict_on_batch(clips)))
+            out["shuffled_probs"].append(np.asarray(model.predict_on_batch(shuffle_time(clips, rng))))
+            out["reversed_probs"].append(np.asarray(model.predict_on_batch(clips[:, ::-1])))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateConfig) -> EvalResult:
+    """Evaluates the model in ``model_dir`` on ``cfg.split`` of ``records_dir``; writes reports.
+
+    Raises:
+        ContractError: if the records' clip shape or classes differ from the model's.
+        EmptySplitError: if the split has no clips.
+        DamagedRecordsError: if a shard of the split is corrupt or truncated (names file and record).
+    """
+    model, model_spec = load_trained(model_dir)
+    spec = records.read_spec(records_dir)
+    check_same_classes(model_spec, spec)
+    pred = predict_split(model, records_dir, spec, cfg)
+    metrics = compute_metrics(
+        pred["labels"], pred["probs"], list(pred["video_ids"]), spec.classes, cfg.top_k,
+        pred["shuffled_probs"], pred["reversed_probs"],
+    )  # fmt: skip
+    paths = write_reports(output_dir, metrics, pred, spec.classes)
+    logger.info(
+        "%s: clip accuracy %.3f, video accuracy %.3f, shuffled-frames accuracy %.3f (chance %.3f)",
+        cfg.split, metrics["accuracy"], metrics["video_accuracy"], metrics["shuffled_accuracy"], metrics["chance"],
+    )  # fmt: skip
+    return EvalResult(metrics, paths)
+
+
+def write_reports(
+    output_dir: str, metrics: dict, pred: dict[str, np.ndarray], classes: Sequence[str]
+) -> dict[str, str]:
+    """Writes metrics.json, predictions.csv, confusion matrix CSV/PNG and per_class.csv."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {k: os.path.join(output_dir, v) for k, v in (
+        ("metrics", METRICS_JSON), ("predictions", PREDICTIONS_CSV), ("confusion_csv", CONFUSION_CSV),
+        ("confusion_png", CONFUSION_PNG), ("per_class", PER_CLASS_CSV))}  # fmt: skip
+    with open(paths["metrics"], "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2)
+    predicted = np.argmax(pred["probs"], axis=1)
+    with open(paths["predictions"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video_id", "actual", "predicted", "confidence"])
+        for vid, actual, guess, p in zip(pred["video_ids"], pred["labels"], predicted, pred["probs"]):
+            writer.writerow([vid, classes[actual], classes[guess], f"{p[guess]:.4f}"])
+    cm = confusion_matrix(pred["labels"], predicted, len(classes))
+    with open(paths["confusion_csv"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["actual\\predicted", *classes])
+        writer.writerows([name, *row] for name, row in zip(classes, cm.tolist()))
+    scores = per_class_scores(cm)
+    with open(paths["per_class"], "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        for i, name in enumerate(classes):
+            values = [f"{scores[k][i]:.4f}" for k in ("precision", "recall", "f1")]
+            writer.writerow([name, *values, int(scores["support"][i])])
+    plot_confusion(cm, classes, paths["confusion_png"])
+    return paths
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str) -> None:
+    """Writes the confusion matrix (rows actual, columns predicted) as a PNG heat map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = 1.0 + 0.7 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    for (i, j), count in np.ndenumerate(cm):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > cm.max() / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

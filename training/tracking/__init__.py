@@ -1,0 +1,13 @@
+"""MLflow for vidseq: the run the stages share, lineage, model logging, the registry gate and the pyfunc.
+
+The only package that imports MLflow. It sits above the Keras core (``training.data``,
+``training.model``, ``training.fit``, ``training.metrics``, ``training.classifier``), which it
+logs and wraps, and below the stage entry points (``python -m training.train`` ...), which
+compose the two:
+
+* :mod:`training.tracking.runs`: the store, the experiment and the one run per pipeline run.
+* :mod:`training.tracking.lineage`: git commit and the records' DVC hash (no MLflow import).
+* :mod:`training.tracking.model_logging`: the Keras-flavor model with its tensor signature.
+* :mod:`training.tracking.pyfunc`: the servable ``video_classifier`` pyfunc.
+* :mod:`training.tracking.registry`: registration, ``@challenger`` and the ``@champion`` gate.
+"""
