@@ -404,7 +404,6 @@ def _run(argv: list[str] | None) -> int:
 
 
 main = cli.harness(_run, log_level=logging.WARNING)
-"""CLI entry point: ``main(argv)`` is 0 if the records match ``dataset.json``, 1 otherwise."""
 
 
 if __name__ == "__main__":

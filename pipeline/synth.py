@@ -499,7 +499,6 @@ def _run(argv: list[str] | None) -> None:
 
 
 main = cli.harness(_run)
-"""CLI entry point: ``main(argv) -> exit code``."""
 
 
 if __name__ == "__main__":

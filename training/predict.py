@@ -196,7 +196,6 @@ def _run(argv: list[str] | None) -> int:
 
 
 main = cli.harness(_run, log_level=logging.WARNING)
-"""CLI: one JSON line per video on stdout; exit 1 if any video failed, 2 on a bad model or usage."""
 
 
 if __name__ == "__main__":

@@ -32,19 +32,15 @@ def _run(argv: list[str] | None) -> None:
         raise VidseqError(
             f"model folder {args.model} not found: train first (python -m training.train --output {args.model})"
         )
-    from training.tracking.registry import register
+    from training.tracking import registry
 
-    record = register(
+    record = registry.register(
         args.model, args.metrics, args.output, register_cfg=params.register, mlflow_cfg=params.mlflow, params=params
     )
-    print(
-        f"{record['model_name']} v{record['version']} ({', '.join('@' + a for a in record['aliases'])}): "
-        f"{record['decision']}: {record['reason']}"
-    )
+    print(registry.describe(record))
 
 
 main = cli.harness(_run)
-"""CLI: register with the ``register`` and ``mlflow`` sections of ``--params``; 2 on a user error."""
 
 if __name__ == "__main__":
     sys.exit(main())

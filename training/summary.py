@@ -139,7 +139,6 @@ def _run(argv: list[str] | None) -> None:
 
 
 main = cli.harness(_run, log_level=logging.WARNING)
-"""CLI: prints the summary; exit 2 on a bad params file or an unreachable registry."""
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,7 +53,6 @@ def _run(argv: list[str] | None) -> None:
 
 
 main = cli.harness(_run)
-"""CLI: ``main(argv) -> exit code``; 2 for a bad parameter, missing or mismatched data; 1 for damaged records."""
 
 if __name__ == "__main__":
     sys.exit(main())

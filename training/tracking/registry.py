@@ -292,3 +292,9 @@ def register(
         json.dump(record, handle, indent=2)
         handle.write("\n")
     return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One line for a registry record: ``<name> v<N> (@aliases): <decision>: <reason>``."""
+    aliases = ", ".join("@" + alias for alias in record["aliases"])
+    return f"{record['model_name']} v{record['version']} ({aliases}): {record['decision']}: {record['reason']}"
