@@ -6,6 +6,8 @@ Usage::
 
 Own flags are parsed with ``parse_known_args``; everything else goes to ``PipelineOptions``,
 so the same command runs on the DirectRunner (default), Dataflow, Flink or Spark by flags alone.
+Without runner flags the DirectRunner runs one worker process per usable core
+(:mod:`pipeline.parallelism`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import records, staging, transforms
+from pipeline import parallelism, records, staging, transforms
 from pipeline.sources import InputError, list_videos
 from vidseq import cli
 from vidseq.errors import WorkFailedError
@@ -42,10 +44,14 @@ class Summary:
     shards: int
     failed: int
     output: str
+    workers: str = "1 process"
+    frames_decoded: int = 0
+    frames_kept: int = 0
 
     def line(self) -> str:
         return (
-            f"{self.videos} videos → {self.clips} clips in {self.shards} shards; "
+            f"{self.videos} videos → {self.clips} clips in {self.shards} shards on {self.workers}; "
+            f"decoded {self.frames_decoded} frames for {self.frames_kept} kept; "
             f"{self.failed} failed, see {FileSystems.join(self.output, records.ERRORS_JSONL)}"
         )
 
@@ -71,11 +77,12 @@ def run(input_path: str, output: str, cfg: PreprocessConfig, beam_args: list[str
             by another run or cannot be written (before any work).
         TooManyErrors: too many videos failed; the previous output is left intact.
     """
-    options = PipelineOptions(beam_args)
+    parallel = parallelism.plan(beam_args, parallelism.this_machine(), cfg.decode_threads)
+    options = PipelineOptions(list(parallel.beam_args))
     FileSystems.set_options(options)
     with staging.claim(output, input_path) as stage_dir:
         try:
-            return _run_into(stage_dir, input_path, output, cfg, options)
+            return _run_into(stage_dir, input_path, output, cfg, options, parallel)
         except TooManyErrors:
             raise  # its staging folder keeps errors.jsonl for the user; the next run removes it
         except BaseException:
@@ -83,15 +90,28 @@ def run(input_path: str, output: str, cfg: PreprocessConfig, beam_args: list[str
             raise
 
 
-def _run_into(stage_dir: str, input_path: str, output: str, cfg: PreprocessConfig, options: PipelineOptions) -> Summary:
+def _run_into(
+    stage_dir: str,
+    input_path: str,
+    output: str,
+    cfg: PreprocessConfig,
+    options: PipelineOptions,
+    parallel: parallelism.Parallelism,
+) -> Summary:
     listing = list_videos(input_path, cfg.splits, cfg.split_salt)
     if not listing.classes:
         raise InputError(f"no usable videos in {input_path}: every entry failed listing ({listing.errors[0]['reason']})")
     staging.check_apart(output, [item.path for item in listing.items], what="the input video")
-    logger.info("found %d videos in %d classes under %s", len(listing.items), len(listing.classes), input_path)
+    logger.info(
+        "found %d videos in %d classes under %s; running on %s",
+        len(listing.items), len(listing.classes), input_path, parallel.describe(),
+    )  # fmt: skip
     with beam.Pipeline(options=options) as pipeline:
-        transforms.build(pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir)
+        transforms.build(
+            pipeline, listing.items, listing.errors, listing.classes, cfg, stage_dir, parallel.decoder_threads
+        )
     stats = transforms.read_stats(stage_dir)
+    decode = {"mode": cfg.decode, **transforms.read_decode_counts(stage_dir)}
     errors, _ = records.read_errors(stage_dir)  # the job wrote it: every line is an entry
     total = len(listing.items) + len(listing.errors)
     _check_error_fraction(errors, total, cfg, stage_dir, output)
@@ -106,6 +126,7 @@ def _run_into(stage_dir: str, input_path: str, output: str, cfg: PreprocessConfi
         errors=len(errors),
         compression=cfg.compression,
         sampling=cfg.as_dict(),
+        decode=decode,
     )
     with FileSystems.create(FileSystems.join(stage_dir, records.DATASET_JSON)) as handle:
         handle.write(spec.to_json().encode("utf-8"))
@@ -126,6 +147,9 @@ def _run_into(stage_dir: str, input_path: str, output: str, cfg: PreprocessConfi
         shards=shards,
         failed=len(errors),
         output=output,
+        workers=parallel.describe(),
+        frames_decoded=decode["frames_decoded"],
+        frames_kept=decode["frames_kept"],
     )
 
 
@@ -161,4 +185,3 @@ def _run(argv: list[str] | None) -> None:
 
 
 main = cli.harness(_run)
-"""Entry point: ``main(argv) -> exit code`` (2 for a bad parameter, input or output; 1 for too many failures)."""

@@ -226,6 +226,12 @@ class DatasetSpec:
         errors: number of input videos that produced no clip.
         compression: ``none`` or ``gzip`` (how the shards are compressed).
         sampling: the preprocessing parameters that produced the records.
+        decode: what decoding cost, summed over the videos that gave clips:
+            ``mode`` (``preprocess.decode``), ``frames_decoded``, ``frames_kept`` (distinct frames in the records),
+            ``videos_seek`` / ``videos_sequential`` (how each video was decoded, see
+            ``preprocess.decode``) and ``videos_shorter_than_stated`` (files holding less than
+            their header states, planned on what they hold). Empty in a ``dataset.json``
+            written before the key existed, which is still read.
         format_version: version of this contract.
         format: always ``FORMAT_MARKER``; says the folder is a vidseq records output.
     """
@@ -240,6 +246,7 @@ class DatasetSpec:
     errors: int = 0
     compression: str = "none"
     sampling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_MARKER
 
@@ -279,6 +286,7 @@ class DatasetSpec:
         data["classes"] = list(self.classes)
         data["splits"] = {k: dict(v) for k, v in self.splits.items()}
         data["sampling"] = dict(self.sampling)
+        data["decode"] = dict(self.decode)
         return {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
 
     def to_json(self) -> str:

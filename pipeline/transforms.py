@@ -5,17 +5,21 @@ only wires it into Beam:
 
 * :class:`DecodeClips` turns :class:`~pipeline.sources.VideoItem` s into ``(split, record)``
   pairs, and routes every video that yields no clip to a dead-letter output of
-  ``{path, reason, stage}`` dicts, with counters for each outcome.
+  ``{path, reason, stage}`` dicts, with counters for each outcome and for the frames decoded
+  and kept. Each video is decoded under :func:`pipeline.watchdog.call_with_limit`, so one
+  stuck inside FFmpeg or a blocked read is recorded as ``timeout`` and the job goes on.
 * :class:`WriteClips` writes one split's records as ``{split}-NNNNN-of-MMMMM.tfrecord[.gz]``
   shards of a target size with Beam's file-based sink.
 * :class:`WriteErrors` and :class:`WriteStats` write ``errors.jsonl`` and the per-split counts
-  that the driver turns into ``dataset.json``.
+  (clips, videos, decode cost) that the driver turns into ``dataset.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -25,7 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipeline import records, video
+from pipeline import records, video, watchdog
 from pipeline.sources import VideoItem
 from vidseq.params import PreprocessConfig
 
@@ -36,6 +40,19 @@ ERRORS_TAG = "errors"
 VIDEOS_TAG = "videos"
 CRASHED_TAG = "crashed"
 STATS_FILE = "stats.jsonl"
+# Per video, in the ``videos`` output and stats.jsonl: summed per split, then over splits.
+VIDEO_COUNTS = ("clips", "videos", "frames_decoded", "frames_kept", "videos_seek", "videos_sequential",
+                "videos_shorter_than_stated")  # fmt: skip
+DECODE_COUNTS = VIDEO_COUNTS[2:]
+
+
+def watchdog_limit_s(video_timeout_s: float) -> float:
+    """How long a video's decoding may go without returning before it is abandoned.
+
+    The decoder's own deadline (``preprocess.video_timeout_s``) fires first whenever the
+    decoding gets back to Python; this is the slack for one that does not.
+    """
+    return video_timeout_s + max(1.0, 0.1 * video_timeout_s)
 
 
 def error_record(path: str, reason: str, stage: str) -> dict:
@@ -48,46 +65,72 @@ class DecodeVideoFn(beam.DoFn):
 
     A video's clips are emitted only once the whole video decoded, so a file that breaks half
     way is in ``errors.jsonl`` and in no record: every input is in exactly one of the two.
+
+    Args:
+        cfg: the ``preprocess`` parameters.
+        classes: class names; position is the label.
+        decoder_threads: FFmpeg threads per video (``None``: ``cfg.decode_threads``); the
+            driver sets it so that workers × threads fills the cores without oversubscribing.
     """
 
-    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str]):
+    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str], decoder_threads: int | None = None):
         self._cfg = cfg
+        self._decode_cfg = dataclasses.replace(cfg, decode_threads=decoder_threads) if decoder_threads else cfg
         self._label_of = {name: index for index, name in enumerate(classes)}
         self._read = Metrics.counter(NAMESPACE, "videos_read")
         self._ok = Metrics.counter(NAMESPACE, "videos_ok")
         self._clips = Metrics.counter(NAMESPACE, "clips_written")
         self._failed = Metrics.counter(NAMESPACE, "videos_failed")
+        self._frames_decoded = Metrics.counter(NAMESPACE, "frames_decoded")
+        self._frames_kept = Metrics.counter(NAMESPACE, "frames_kept")
+        self._abandoned = Metrics.counter(NAMESPACE, "decoders_abandoned")
         self._decode_ms = Metrics.distribution(NAMESPACE, "video_decode_ms")
 
     def process(self, item: VideoItem) -> Iterator:
-        import time
-
         self._read.inc()
         started = time.perf_counter()
+        stats = video.DecodeStats()
+        limit = watchdog_limit_s(self._cfg.video_timeout_s)
         try:
-            encoded = list(self._encode(item))
+            encoded = watchdog.call_with_limit(lambda: list(self._encode(item, stats)), limit)
+        except watchdog.Abandoned:
+            self._abandoned.inc()
+            yield self._fail(
+                item,
+                f"decoding did not return within {limit:g} s (preprocess.video_timeout_s "
+                f"{self._cfg.video_timeout_s:g} s plus slack): stuck in the decoder or in a read; abandoned",
+                "timeout",
+            )
+            return
         except video.VideoError as exc:
             yield self._fail(item, exc.reason, exc.stage)
             return
         except OSError as exc:  # unreadable: permissions, vanished file, filesystem errors
             yield self._fail(item, f"cannot read the file: {exc}", "open")
             return
+        finally:
+            self._frames_decoded.inc(stats.frames_decoded)  # failed videos cost decoding too
         if not encoded:
             yield self._fail(item, "decoded but produced no clip", "sample")
             return
         self._ok.inc()
         self._clips.inc(len(encoded))
+        self._frames_kept.inc(stats.frames_kept)
         self._decode_ms.update(int((time.perf_counter() - started) * 1000))
-        yield beam.pvalue.TaggedOutput(VIDEOS_TAG, (item.split, len(encoded)))
+        counts = (len(encoded), 1, stats.frames_decoded, stats.frames_kept, int(stats.mode == "seek"),
+                  int(stats.mode != "seek"), int(stats.shorter_than_stated))  # fmt: skip
+        yield beam.pvalue.TaggedOutput(VIDEOS_TAG, (item.split, counts))
         for record in encoded:
             yield (item.split, record)
 
-    def _encode(self, item: VideoItem) -> Iterator[bytes]:
+    def _encode(self, item: VideoItem, stats: video.DecodeStats) -> Iterator[bytes]:
         label = self._label_of[item.label]
         with FileSystems.open(
             item.path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
         ) as handle:
-            for clip in video.iter_clips(handle, self._cfg, name=item.video_id, timeout_s=self._cfg.video_timeout_s):
+            for clip in video.iter_clips(
+                handle, self._decode_cfg, name=item.video_id, timeout_s=self._cfg.video_timeout_s, stats=stats
+            ):
                 yield records.encode_clip(
                     clip.frames, label, item.label, item.video_id, clip.frame_indices, clip.timestamps
                 )
@@ -102,23 +145,25 @@ class DecodeVideoFn(beam.DoFn):
 class DecodeClips(beam.PTransform):
     """``VideoItem`` s -> a dict of PCollections.
 
-    ``clips``: (split, record bytes); ``videos``: (split, clip count) per decoded video;
+    ``clips``: (split, record bytes); ``videos``: (split, counts) per decoded video, the
+    counts named by :data:`VIDEO_COUNTS`;
     ``errors``: ``{path, reason, stage}`` per video without clips, including videos whose
     decoding raised something unexpected (Beam's ``with_exception_handling`` dead letters,
     stage ``crash``), so one bad file never fails the job.
     """
 
-    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str]):
+    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str], decoder_threads: int | None = None):
         super().__init__()
         self._cfg = cfg
         self._classes = tuple(classes)
+        self._threads = decoder_threads
 
     def expand(self, videos):
         decoded = (
             videos
             | "SpreadVideos" >> beam.Reshuffle()
             | "Decode"
-            >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes))
+            >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes, self._threads))
             .with_outputs(ERRORS_TAG, VIDEOS_TAG, main="clips")
             .with_exception_handling(dead_letter_tag=CRASHED_TAG)  # a bug or library failure on one video
         )
@@ -186,7 +231,7 @@ class WriteErrors(beam.PTransform):
 
 
 class WriteStats(beam.PTransform):
-    """Sums ``(split, clip count)`` per video into ``stats.jsonl`` for the driver's ``dataset.json``."""
+    """Sums the ``(split, counts)`` of every video into ``stats.jsonl``, one line per split, for ``dataset.json``."""
 
     def __init__(self, output_dir: str):
         super().__init__()
@@ -195,29 +240,40 @@ class WriteStats(beam.PTransform):
     def expand(self, videos):
         return (
             videos
-            | "OneVideo" >> beam.MapTuple(lambda split, clips: (split, (clips, 1)))
-            | "SumPerSplit" >> beam.CombinePerKey(_sum_pairs)
-            | "ToJson" >> beam.MapTuple(lambda split, cv: json.dumps({"split": split, "clips": cv[0], "videos": cv[1]}))
+            | "SumPerSplit" >> beam.CombinePerKey(_sum_counts)
+            | "ToJson" >> beam.MapTuple(lambda split, counts: json.dumps({"split": split, **dict(zip(VIDEO_COUNTS, counts))}))
             | "WriteJsonl" >> beam.io.WriteToText(self._path, shard_name_template="", num_shards=1, skip_if_empty=True)
         )
 
 
-def _sum_pairs(pairs) -> tuple[int, int]:
-    clips = videos = 0
-    for c, v in pairs:
-        clips += c
-        videos += v
-    return clips, videos
+def _sum_counts(rows) -> tuple[int, ...]:
+    total = [0] * len(VIDEO_COUNTS)
+    for row in rows:
+        for i, value in enumerate(row):
+            total[i] += value
+    return tuple(total)
+
+
+def _stats_rows(output_dir: str) -> list[dict]:
+    text = records.read_text(output_dir, STATS_FILE) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def read_stats(output_dir: str) -> dict[str, dict[str, int]]:
     """Reads what :class:`WriteStats` wrote: ``{split: {clips, videos}}`` for every split."""
     stats = {split: {"clips": 0, "videos": 0} for split in records.SPLITS}
-    for line in (records.read_text(output_dir, STATS_FILE) or "").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            stats[row["split"]] = {"clips": int(row["clips"]), "videos": int(row["videos"])}
+    for row in _stats_rows(output_dir):
+        stats[row["split"]] = {"clips": int(row["clips"]), "videos": int(row["videos"])}
     return stats
+
+
+def read_decode_counts(output_dir: str) -> dict[str, int]:
+    """The decode counts (:data:`DECODE_COUNTS`) of :class:`WriteStats`, summed over the splits."""
+    totals = dict.fromkeys(DECODE_COUNTS, 0)
+    for row in _stats_rows(output_dir):
+        for key in DECODE_COUNTS:
+            totals[key] += int(row.get(key, 0))
+    return totals
 
 
 def build(
@@ -227,10 +283,11 @@ def build(
     classes: Sequence[str],
     cfg: PreprocessConfig,
     output_dir: str,
+    decoder_threads: int | None = None,
 ) -> None:
     """Adds the whole preprocessing graph to ``pipeline``, writing into ``output_dir``."""
     videos = pipeline | "ListVideos" >> beam.Create(list(items), reshuffle=False)
-    decoded = videos | "DecodeClips" >> DecodeClips(cfg, classes)
+    decoded = videos | "DecodeClips" >> DecodeClips(cfg, classes, decoder_threads)
     by_split = decoded["clips"] | "BySplit" >> beam.Partition(lambda kv, _: records.SPLITS.index(kv[0]), len(records.SPLITS))
     for split, split_clips in zip(records.SPLITS, by_split):
         (

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from videos import write_bad_files, write_tiny_video
 
-from pipeline import build, records
+from pipeline import build, parallelism, records
 
 REPO = Path(__file__).resolve().parents[1]
 PREPROCESS = {
@@ -49,10 +49,16 @@ def one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
-def run_job(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+# Tests about output safety run the job in one process: each default run starts a worker
+# process per core (about 2 s here), and a driver killed with -9 would leave its workers behind.
+IN_PROCESS = ("--direct_running_mode=in_memory",)
+
+
+def run_job(*args: str, cwd: Path, in_process: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    flags = IN_PROCESS if in_process else ()
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "pipeline", *args, *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -90,7 +96,14 @@ def test_job_writes_contract_and_summary(job, dataset):
     assert sum(s["videos"] for s in spec.splits.values()) == 12
     assert total_clips == 24
     shards = sum(len(glob.glob(str(out / records.shard_pattern(s)))) for s in records.SPLITS)
-    assert f"{len(dataset[2])} videos → 24 clips in {shards} shards; {spec.errors} failed, see" in result.stdout
+    workers = parallelism.plan([], parallelism.this_machine()).describe()
+    decode = spec.decode
+    assert decode["mode"] == "auto" and decode["videos_seek"] + decode["videos_sequential"] == 12
+    assert decode["frames_kept"] <= 24 * 4 and decode["frames_decoded"] >= decode["frames_kept"] > 0
+    assert (
+        f"{len(dataset[2])} videos → 24 clips in {shards} shards on {workers}; "
+        f"decoded {decode['frames_decoded']} frames for {decode['frames_kept']} kept; {spec.errors} failed, see"
+    ) in result.stdout
     assert not glob.glob(str(out) + ".staging-*"), "staging folder left behind"
 
 
@@ -148,7 +161,7 @@ def test_same_inputs_same_output(job, dataset, tmp_path):
     out, _ = job
     root = dataset[0]
     params = write_params(tmp_path)
-    second = run_job("--input", str(root), "--output", str(tmp_path / "again"), "--params", str(params), cwd=tmp_path)
+    second = run_job("--input", str(root), "--output", str(tmp_path / "again"), "--params", str(params), cwd=tmp_path, in_process=True)
     assert second.returncode == 0, second.stderr
     assert (tmp_path / "again" / "dataset.json").read_text() == (out / "dataset.json").read_text()
     for split in records.SPLITS:
@@ -167,14 +180,14 @@ def test_too_many_failures_exit_non_zero_and_keep_previous_output(job, dataset, 
     previous = previous_records(tmp_path / "records")
     before = (previous / "dataset.json").read_text()
     params = write_params(tmp_path, max_error_fraction=0.05)
-    result = run_job("--input", str(root), "--output", str(previous), "--params", str(params), cwd=tmp_path)
+    result = run_job("--input", str(root), "--output", str(previous), "--params", str(params), cwd=tmp_path, in_process=True)
     assert result.returncode == 1
     assert "preprocess.max_error_fraction" in result.stderr and "previous output is left intact" in result.stderr
     assert (previous / "dataset.json").read_text() == before
     (kept,) = glob.glob(str(previous) + ".staging-*")
     assert f"see {kept}/errors.jsonl (kept until the next run into {previous})" in result.stderr
     assert os.path.getsize(os.path.join(kept, "errors.jsonl")) > 0
-    again = run_job("--input", str(root), "--output", str(previous), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    again = run_job("--input", str(root), "--output", str(previous), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert again.returncode == 0, again.stderr
     assert not os.path.exists(kept)
 
@@ -217,30 +230,62 @@ def test_unreadable_file_is_recorded(dataset, tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(FileSystems, "open", staticmethod(guarded_open))
-    code = build.main(["--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path))])
+    args = ["--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path))]
+    code = build.main([*args, "--direct_running_mode=in_memory"])  # the patch lives in this process
     assert code == 0
     errors = {e["path"]: e for e in map(json.loads, (tmp_path / "out" / "errors.jsonl").read_text().splitlines())}
     assert errors["down/v_down_g00_c01.mp4"]["stage"] == "open"
     assert "Permission denied" in errors["down/v_down_g00_c01.mp4"]["reason"]
 
 
-def test_multi_processing_direct_runner(dataset, job, tmp_path):
+def test_runner_flags_override_the_default_parallelism(dataset, job, tmp_path):
     out, _ = job
     root = dataset[0]
     params = write_params(tmp_path)
-    result = run_job(
-        "--input", str(root), "--output", str(tmp_path / "mp"), "--params", str(params),
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2", cwd=tmp_path,
-    )
+    for name, flags, workers in [
+        ("in_memory", ["--direct_running_mode=in_memory"], "on 1 process;"),
+        ("three", ["--direct_num_workers=3"], "on 3 worker processes;"),
+    ]:
+        result = run_job("--input", str(root), "--output", str(tmp_path / name), "--params", str(params), *flags, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert workers in result.stdout
+        assert (tmp_path / name / "dataset.json").read_text() == (out / "dataset.json").read_text()
+
+
+@pytest.mark.parametrize("decode", ["sequential", "seek"])
+def test_decode_modes_write_the_same_records(dataset, job, tmp_path, decode):
+    out, _ = job
+    result = run_job("--input", str(dataset[0]), "--output", str(tmp_path / "out"),
+                     "--params", str(write_params(tmp_path, decode=decode)), cwd=tmp_path, in_process=True)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "mp" / "dataset.json").read_text() == (out / "dataset.json").read_text()
+    for split in records.SPLITS:
+        a = sorted(r for f in glob.glob(str(out / records.shard_pattern(split))) for r in map(_key, _lite(f)))
+        b = sorted(r for f in glob.glob(str(tmp_path / "out" / records.shard_pattern(split))) for r in map(_key, _lite(f)))
+        assert a == b
+    spec = records.read_spec(str(tmp_path / "out"))
+    assert spec.decode[f"videos_{decode}"] == 12 and spec.decode["frames_kept"] == records.read_spec(str(out)).decode["frames_kept"]
+
+
+def test_a_video_whose_open_never_returns_is_recorded_and_the_job_ends(tmp_path):
+    """A FIFO nobody writes: open() blocks in the kernel, where no deadline check reaches."""
+    root = tmp_path / "raw"
+    for name, dx in (("left", -1), ("right", 1)):
+        write_tiny_video(root / name / f"v_{name}_g00_c01.mp4", seconds=1.0, size=(16, 16), dx=dx)
+    os.mkfifo(root / "left" / "v_left_g01_c01.mp4")
+    params = write_params(tmp_path, video_timeout_s=1.0, max_error_fraction=0.5)
+    result = run_job("--input", str(root), "--output", str(tmp_path / "out"), "--params", str(params), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (error,) = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    assert error["path"] == "left/v_left_g01_c01.mp4" and error["stage"] == "timeout"
+    assert "abandoned" in error["reason"]
+    assert "3 videos → 4 clips" in result.stdout
 
 
 def test_rerun_replaces_previous_output(dataset, tmp_path):
     root = dataset[0]
     out = previous_records(tmp_path / "records")
     (out / "val-00000-of-00001.tfrecord.gz").write_bytes(b"old")
-    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert result.returncode == 0, result.stderr
     assert not (out / "val-00000-of-00001.tfrecord.gz").exists()
     assert records.read_spec(str(out)).classes == ("down", "left", "right")
@@ -255,7 +300,7 @@ def test_manifest_input_with_missing_row(dataset, tmp_path):
     manifest.write_text("\n".join(rows) + "\n")
     try:
         result = run_job("--input", str(manifest), "--output", str(tmp_path / "out"),
-                         "--params", str(write_params(tmp_path, max_error_fraction=0.3)), cwd=tmp_path)
+                         "--params", str(write_params(tmp_path, max_error_fraction=0.3)), cwd=tmp_path, in_process=True)
     finally:
         manifest.unlink()
     assert result.returncode == 0, result.stderr
@@ -325,7 +370,7 @@ def test_manifest_listing_a_video_inside_the_output_is_refused(dataset, tmp_path
 def _start_job(root: Path, out: Path, work: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["--input", str(root), "--output", str(out), "--params", str(write_params(work))]
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=work, env=env,
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args, *IN_PROCESS], cwd=work, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -356,7 +401,7 @@ def test_kill_9_and_concurrent_runs(tmp_path):
         try:
             mine = _wait_for_staging(first, out, dead)
             assert not any(os.path.exists(s) for s in dead), "a killed run's staging folder outlived the next run"
-            second = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+            second = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
             one_error_line(second, f"--output {out} is being written by another run")
             assert first.poll() is None and os.path.isdir(mine), "the refused run touched the running one"
         finally:
@@ -366,7 +411,7 @@ def test_kill_9_and_concurrent_runs(tmp_path):
         assert (out / "dataset.json").read_text() == before
     assert glob.glob(str(out) + ".staging-*") == [mine]
     os.unlink(root / "left" / "v_left_g09_c01.mp4")
-    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and not [x for x in result.stderr.splitlines() if x.startswith("error")]
     assert records.read_spec(str(out)).classes == ("left", "right")
@@ -381,11 +426,11 @@ def test_next_run_repairs_a_publish_killed_between_its_renames(dataset, tmp_path
     (tmp_path / "out.staging-89abcdef").mkdir()
     (tmp_path / "out.staging-89abcdef" / "train-00000-of-00001.tfrecord").write_bytes(b"half")
     bad = run_job("--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"),
-                  "--params", str(write_params(tmp_path)), cwd=tmp_path)
+                  "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert bad.returncode == 2 and bad.stderr.splitlines()[-1].startswith("error: input path")
     assert f"restored {tmp_path / 'out'} from {old}: a run died while publishing" in bad.stderr
     assert (tmp_path / "out" / "dataset.json").read_text() == before  # repaired before anything else
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml"]
-    result = run_job("--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path)), cwd=tmp_path)
+    result = run_job("--input", str(root), "--output", str(tmp_path / "out"), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert result.returncode == 0, result.stderr
     assert records.read_spec(str(tmp_path / "out")).classes == ("down", "left", "right")

@@ -131,6 +131,19 @@ def test_dataset_json_from_before_the_marker_is_still_read(tmp_path):
     assert records.read_spec(str(tmp_path)) == _spec()
 
 
+def test_dataset_json_keeps_the_decode_counts_and_reads_files_written_before_them(tmp_path):
+    decode = {"mode": "auto", "frames_decoded": 900, "frames_kept": 24, "videos_seek": 1, "videos_sequential": 0,
+              "videos_shorter_than_stated": 0}  # fmt: skip
+    spec = _spec(decode=decode)
+    assert json.loads(spec.to_json())["decode"] == decode
+    (tmp_path / records.DATASET_JSON).write_text(spec.to_json())
+    assert records.read_spec(str(tmp_path)).decode == decode
+    older = _spec().to_dict()
+    del older["decode"]  # a dataset.json from before the decode key
+    (tmp_path / records.DATASET_JSON).write_text(json.dumps(older))
+    assert records.read_spec(str(tmp_path)) == _spec() and records.read_spec(str(tmp_path)).decode == {}
+
+
 def test_read_spec_missing_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run preprocessing first"):
         records.read_spec(str(tmp_path))

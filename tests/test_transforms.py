@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from videos import write_bad_files, write_tiny_video
 
 from pipeline import records, transforms
-from pipeline.config import PreprocessConfig
+from vidseq.params import PreprocessConfig
 from pipeline.sources import VideoItem
 
 CFG = PreprocessConfig(sequence_length=4, height=16, width=16, fps=8.0, clips_per_video=2, short_video="skip")
@@ -52,9 +52,11 @@ def test_decode_clips_outputs_and_dead_letters(videos):
             equal_to([("train", "left/a.mp4", 4)] * 2 + [("val", "right/b.avi", 4)] * 2 + [("test", "right/c.webm", 4)] * 2),
             label="clips",
         )
+        # (clips, videos, frames decoded, frames kept, by seek, sequentially, shorter than stated):
+        # one GOP each, so auto decodes them sequentially, up to the last needed frame
         assert_that(
             decoded[transforms.VIDEOS_TAG],
-            equal_to([("train", 2), ("val", 2), ("test", 2)]),
+            equal_to([("train", (2, 1, 18, 8, 0, 1, 0)), ("val", (2, 1, 12, 8, 0, 1, 0)), ("test", (2, 1, 24, 8, 0, 1, 0))]),
             label="videos",
         )
         failed = decoded[transforms.ERRORS_TAG] | beam.Map(lambda e: e["path"].split("/")[-1])
@@ -105,7 +107,9 @@ def test_write_errors_and_stats(tmp_path):
     errors = [transforms.error_record("b.mp4", "bad\nthing", "decode"), transforms.error_record("a.mp4", "x", "open")]
     with TestPipeline() as p:
         _ = p | "E" >> beam.Create(errors) | transforms.WriteErrors(str(tmp_path))
-        _ = p | "S" >> beam.Create([("train", 3), ("train", 2), ("test", 1)]) | transforms.WriteStats(str(tmp_path))
+        _ = p | "S" >> beam.Create(
+            [("train", (3, 1, 30, 12, 1, 0, 0)), ("train", (2, 1, 20, 8, 0, 1, 1)), ("test", (1, 1, 5, 4, 0, 1, 0))]
+        ) | transforms.WriteStats(str(tmp_path))
     lines = (tmp_path / records.ERRORS_JSONL).read_text().splitlines()
     assert sorted(json.loads(line)["path"] for line in lines) == ["a.mp4", "b.mp4"]
     assert {"path": "b.mp4", "reason": "bad thing", "stage": "decode"} in [json.loads(x) for x in lines]
@@ -114,6 +118,9 @@ def test_write_errors_and_stats(tmp_path):
         "val": {"clips": 0, "videos": 0},
         "test": {"clips": 1, "videos": 1},
     }
+    assert transforms.read_decode_counts(str(tmp_path)) == {
+        "frames_decoded": 55, "frames_kept": 24, "videos_seek": 1, "videos_sequential": 2, "videos_shorter_than_stated": 1,
+    }  # fmt: skip
 
 
 def test_empty_inputs_write_no_files(tmp_path):
@@ -133,18 +140,82 @@ def test_unexpected_exception_becomes_a_dead_letter(videos, monkeypatch):
 
     real = video.iter_clips
 
-    def flaky(source, cfg, *, name="", timeout_s=None):
+    def flaky(source, cfg, *, name="", **kwargs):
         if name.endswith("b.avi"):
             raise ZeroDivisionError("a bug in a library")
-        return real(source, cfg, name=name, timeout_s=timeout_s)
+        return real(source, cfg, name=name, **kwargs)
 
     monkeypatch.setattr(video, "iter_clips", flaky)
     items = [_item(root, good[0]), _item(root, good[1])]
     with TestPipeline() as p:
         decoded = p | beam.Create(items) | transforms.DecodeClips(CFG, CLASSES)
-        assert_that(decoded[transforms.VIDEOS_TAG], equal_to([("train", 2)]), label="videos")
+        assert_that(decoded[transforms.VIDEOS_TAG] | beam.MapTuple(lambda split, counts: (split, counts[0])),
+                    equal_to([("train", 2)]), label="videos")
         assert_that(
             decoded[transforms.ERRORS_TAG],
             equal_to([{"path": "right/b.avi", "reason": "unexpected error: ZeroDivisionError('a bug in a library')", "stage": "crash"}]),
             label="errors",
         )
+
+
+def test_frame_counters(videos):
+    root, good, short, bad = videos
+    from apache_beam.metrics.metric import MetricsFilter
+
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create([_item(root, p) for p in good]) | transforms.DecodeClips(CFG, CLASSES)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    def counter(name):
+        (found,) = result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE).with_name(name))["counters"]
+        return found.committed
+
+    assert counter("frames_decoded") == 18 + 12 + 24
+    assert counter("frames_kept") == 3 * 8
+
+
+class _Stuck:
+    """A file whose read never returns to the decoder (a FIFO nobody writes, a dead mount)."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def read(self, size=-1):
+        self.release.wait()
+        return b""
+
+    def seekable(self):
+        return False
+
+    def tell(self):
+        return 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_a_decoder_that_never_returns_is_abandoned_and_recorded_as_timeout(videos, monkeypatch):
+    root, good, short, bad = videos
+    from apache_beam.io.filesystems import FileSystems
+
+    stuck = _Stuck()
+    real_open = FileSystems.open
+    monkeypatch.setattr(
+        FileSystems, "open", staticmethod(lambda path, *a, **k: stuck if path.endswith("b.avi") else real_open(path, *a, **k))
+    )
+    cfg = PreprocessConfig(**{**CFG.as_dict(), "video_timeout_s": 0.2})
+    fn = transforms.DecodeVideoFn(cfg, CLASSES)
+    try:
+        (out,) = list(fn.process(_item(root, good[1])))
+        assert out.tag == transforms.ERRORS_TAG and out.value["stage"] == "timeout"
+        assert "did not return within 1.2 s" in out.value["reason"] and "abandoned" in out.value["reason"]
+        outputs = list(fn.process(_item(root, good[0])))  # the next video decodes as usual
+        assert [getattr(o, "tag", "clip") for o in outputs] == [transforms.VIDEOS_TAG, "clip", "clip"]
+    finally:
+        stuck.release.set()
