@@ -78,7 +78,7 @@ def run(input_path: str, output: str, cfg: PreprocessConfig, beam_args: list[str
         TooManyErrors: too many videos failed; the previous output is left intact.
     """
     parallel = parallelism.plan(beam_args, parallelism.this_machine(), cfg.decode_threads)
-    options = PipelineOptions(list(parallel.beam_args))
+    options = PipelineOptions(_quiet_direct_workers(list(parallel.beam_args)) if parallel.workers else list(parallel.beam_args))
     FileSystems.set_options(options)
     with staging.claim(output, input_path) as stage_dir:
         try:
@@ -153,6 +153,21 @@ def _run_into(
     )
 
 
+def _quiet_direct_workers(beam_args: list[str]) -> list[str]:
+    """The DirectRunner's worker processes log at INFO to the job's stderr; keep Beam's chatter out.
+
+    Their own level becomes WARNING with Beam's loggers at ERROR (a bad video's warning from
+    ``pipeline.transforms`` still shows), unless the user set the flags; the driver stops
+    echoing what the workers send it (:func:`_run`), so each line shows once.
+    """
+    args = list(beam_args)
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=WARNING")
+    if not any(a.startswith("--sdk_harness_log_level_overrides") for a in args):
+        args.append('--sdk_harness_log_level_overrides={"apache_beam": "ERROR", "__main__": "ERROR"}')
+    return args
+
+
 def _write_empty_errors_file(stage_dir: str, errors: list[dict]) -> None:
     """A run without errors still leaves an empty errors.jsonl, except on object stores.
 
@@ -179,6 +194,7 @@ def _check_error_fraction(errors: list[dict], total: int, cfg: PreprocessConfig,
 
 def _run(argv: list[str] | None) -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)  # worker echo
     args, beam_args = parse_args(argv)
     cfg = Params.load(args.params).preprocess
     print(run(args.input, args.output, cfg, beam_args).line())
