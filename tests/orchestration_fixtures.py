@@ -86,6 +86,30 @@ def running_server(args: list[str], port: int, log: Path, env: dict[str, str]) -
                     continue
 
 
+@contextlib.contextmanager
+def read_only(store: str) -> Iterator[list[str]]:
+    """A command prefix that runs a command with the folder ``store`` really read-only (even for root).
+
+    Root ignores permission bits, so the store becomes a read-only bind mount in a private mount
+    namespace (``unshare -m``), or else its files are made immutable (``chattr +i``) while the
+    context lasts; if neither is possible the test fails. The prefix exits 97 if the mount fails
+    and 98 if a write into ``store`` still succeeds, before running the command.
+    """
+    import pytest
+
+    probe = f'touch "{store}/write-probe" 2>/dev/null && exit 98'
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0:
+        mount = f'mount --bind "{store}" "{store}" && mount -o remount,bind,ro "{store}" "{store}" || exit 97'
+        yield ["unshare", "-m", "sh", "-c", f'{mount}\n{probe}\nexec "$@"', "sh"]
+        return
+    if subprocess.run(["chattr", "-R", "+i", store], capture_output=True).returncode != 0:
+        pytest.fail("cannot make the store read-only: neither unshare -m (mount namespace) nor chattr +i works")
+    try:
+        yield ["sh", "-c", probe + '\nexec "$@"', "sh"]
+    finally:
+        subprocess.run(["chattr", "-R", "-i", store], check=True)
+
+
 def build_once(base: Path, name: str, build: Callable[[Path], None]) -> Path:
     """``base/name``, built by ``build`` the first time in this session."""
     folder = base / name

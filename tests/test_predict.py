@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from orchestration_fixtures import REPO, TINY_PARAMS, copy_model_dir, register_champion, use_store
+from orchestration_fixtures import REPO, TINY_PARAMS, copy_model_dir, read_only, register_champion, use_store
 
 from pipeline import records
 from training import predict
@@ -158,25 +158,13 @@ def test_per_video_limits_come_from_the_environment_and_the_flags_override(model
 
 
 def test_a_model_in_a_read_only_store_loads(model_root, champion_store):
-    """Root ignores permission bits, so the store is made really read-only: a read-only bind mount in a
-    private mount namespace, or else immutable files (chattr +i); if neither is possible the test fails."""
+    """The store is really read-only (orchestration_fixtures.read_only); predict loads through a copy."""
     store = champion_store.removeprefix("sqlite:///").rsplit("/", 1)[0]
     predict_args = [sys.executable, "-m", "training.predict", videos(model_root, 1)[0], "--model",
                     "models:/vidseq-cnn-lstm@champion"]  # fmt: skip
     env = {**os.environ, "MLFLOW_TRACKING_URI": champion_store, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    probe = f'touch "{store}/write-probe" 2>/dev/null && exit 98'
-    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0:
-        mount = f'mount --bind "{store}" "{store}" && mount -o remount,bind,ro "{store}" "{store}" || exit 97'
-        command = ["unshare", "-m", "sh", "-c", f'{mount}\n{probe}\nexec "$@"', "sh", *predict_args]
-        done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-    else:
-        if subprocess.run(["chattr", "-R", "+i", store], capture_output=True).returncode != 0:
-            pytest.fail("cannot make the store read-only: neither unshare -m (mount namespace) nor chattr +i works")
-        try:
-            done = subprocess.run(["sh", "-c", probe + '\nexec "$@"', "sh", *predict_args], env=env, cwd=REPO,
-                                  capture_output=True, text=True, timeout=120)  # fmt: skip
-        finally:
-            subprocess.run(["chattr", "-R", "-i", store], check=True)
+    with read_only(store) as prefix:
+        done = subprocess.run([*prefix, *predict_args], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode not in (97, 98), f"the store could not be made read-only: {done.stderr[-500:]}"
     assert done.returncode == 0, done.stderr[-2000:]
     assert lines(done.stdout)[0]["label"]

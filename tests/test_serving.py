@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +15,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from orchestration_fixtures import BIN, TINY_PARAMS, copy_model_dir, register_champion, running_server, tool_env, use_store
+from orchestration_fixtures import (
+    BIN, REPO, TINY_PARAMS, copy_model_dir, read_only, register_champion, running_server, tool_env, use_store,
+)  # fmt: skip
 from servers import free_port
 
 from pipeline.video import VideoError
@@ -198,6 +202,25 @@ def test_mlflow_models_serve_answers_base64_and_path_rows(model_root, registered
 
         status, answer = post(port, {"dataframe_records": [{"path": videos[0]}]})
         assert status == 400 and "video" in answer["message"]  # schema enforcement names the column
+
+
+def test_a_read_only_store_is_served_from_a_private_copy(model_root, registered, tmp_path):
+    """mlflow models serve writes into a local store's model folder and fails when it is read-only;
+    python -m training.serve downloads the model first, so the store is only read."""
+    uri, folder = registered
+    env = tool_env(uri)
+    with read_only(str(folder)) as prefix:
+        plain = subprocess.run([*prefix, *serve_args(free_port())], env=env, capture_output=True, text=True,
+                               timeout=300)  # fmt: skip
+        assert plain.returncode not in (0, 97, 98) and "Read-only file system" in plain.stderr, plain.stderr[-2000:]
+        port = free_port()
+        command = [*prefix, sys.executable, "-m", "training.serve", "--host", "127.0.0.1", "--port", str(port)]
+        with running_server(command, port, tmp_path / "serve.log", {**env, "PYTHONPATH": str(REPO)}):
+            status, answer = post(port, {"dataframe_records": [{"video": b64(demo_videos(model_root)[0])}]})
+    assert status == 200, answer
+    (row,) = answer["predictions"]
+    assert row["error"] is None and row["label"] in row["probabilities"]
+    assert not list(folder.rglob("write-probe"))
 
 
 def test_served_limits_refuse_big_inputs_and_floods_quickly_and_normal_requests_still_pass(
