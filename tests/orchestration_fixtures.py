@@ -196,6 +196,20 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return folder / "repo", tool_env(f"sqlite:///{folder / 'mlflow.db'}")
 
 
+def copy_pipeline_repo(tmp_path_factory, destination: Path) -> Path:
+    """A private copy of :func:`pipeline_repo`'s repository (git, DVC cache, outputs) for a test that changes it.
+
+    DVC's temporary folder (``.dvc/tmp``: locks, the experiments queue) is left out.
+    """
+    source, _ = pipeline_repo(tmp_path_factory)
+
+    def skip(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == source / ".dvc" else []
+
+    shutil.copytree(source, destination, symlinks=True, ignore=skip)
+    return destination
+
+
 def use_store(monkeypatch, folder: Path) -> str:
     """Points ``MLFLOW_TRACKING_URI`` at a sqlite store in ``folder``; returns the URI."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
