@@ -283,3 +283,37 @@ def test_three_concurrent_registrations_end_on_the_best(model_root, tmp_path, st
         assert record["champion_writes"] == [version, 3]
     assert (rejected["decision"], rejected["champion"]["version"]) == ("rejected", 3)
     assert "below register.min_accuracy 0.5000" in rejected["reason"] and rejected["champion_writes"] == []
+
+
+def test_a_version_trained_on_other_classes_is_never_compared_with_the_champion(
+    tracked_model, model_root, tmp_path, store
+):
+    demo = registration(tracked_model, tmp_path, model_root, 0.6, name="one-dataset")
+    classes = json.loads((tracked_model / "dataset.json").read_text())["classes"]
+    assert demo["classes"] == classes and demo["decision"] == "promoted"
+
+    other = copy_model_dir(model_root, tmp_path / "other-dataset")  # same shapes, other class names
+    spec = json.loads((other / "dataset.json").read_text())
+    spec["classes"] = [f"Sign{i}" for i in range(len(spec["classes"]))]
+    (other / "dataset.json").write_text(json.dumps(spec))
+    runs.track_training(str(other), TINY_PARAMS, records_dir=str(model_root / "records"), config=MLFLOW)
+    mixed = registration(other, tmp_path, model_root, 0.9, name="one-dataset")
+    assert (mixed["version"], mixed["decision"], mixed["aliases"]) == (2, "rejected", ["challenger"])
+    assert "not compared: champion v1 was trained on 6 classes" in mixed["reason"]
+    assert "Sign0" in mixed["reason"] and "register.model_name" in mixed["reason"]
+    assert aliases("one-dataset") == {"champion": 1, "challenger": 2}
+    tags = mlflow.MlflowClient().get_model_version("one-dataset", "2").tags
+    assert json.loads(tags["vidseq.classes"])[0] == "Sign0"
+
+    # v2 passed the minimum with 0.9, but only versions of the champion's classes compete
+    again = registration(tracked_model, tmp_path, model_root, 0.7, name="one-dataset")
+    assert (again["version"], again["decision"]) == (3, "promoted")
+    assert aliases("one-dataset") == {"champion": 3, "challenger": 3}
+
+
+def test_the_gate_refuses_other_classes():
+    decision = reg.decide("video_accuracy", 0.9, 0.5, ("1", 0.6), classes=["a", "b"], champion_classes=["x", "y"])
+    assert not decision.promote and "champion v1 was trained on 2 classes (x, y)" in decision.reason
+    same = reg.decide("video_accuracy", 0.9, 0.5, ("1", 0.6), classes=["a", "b"], champion_classes=["a", "b"])
+    assert same.promote
+    assert reg.decide("video_accuracy", 0.9, 0.5, ("1", 0.6), classes=["a"], champion_classes=None).promote  # untagged

@@ -11,7 +11,15 @@ instead: each version is tagged with its metric and whether it passed ``min_accu
 a registration points ``@champion`` at the best passed version it sees, re-reading until the
 alias agrees (:func:`settle_champion`); concurrent registrations thus end on the best one.
 The decision, its reason and the aliases (as read at the end) are written to
-``registry.json`` and set as tags on the version and the run.
+``registry.json`` (also the run's artifact ``registry.json``); the version gets short tags
+(decision, reason, ``vidseq.record``: the artifact's ``runs:/`` URI) and, like the run and the
+registered model (while it is the champion), the model card as its description.
+
+Datasets never mix: each version is tagged with the class list it was trained on
+(``vidseq.classes``), only versions with the same list compete, and a version whose classes
+differ from the champion's is never compared with it (it stays ``@challenger``; the reason says
+to give the dataset its own ``register.model_name``). Versions from before the tag count as
+matching.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ TAG_PREFIX = "vidseq."
 
 
 GATE_TAG = TAG_PREFIX + "gate"  # "passed" on a version whose metric reached register.min_accuracy
+CLASSES_TAG = TAG_PREFIX + "classes"  # JSON list of the class names the version was trained on
 PASSED = "passed"
+REGISTRY_ARTIFACT = "registry.json"  # the registry record, in the run (version tag vidseq.record points at it)
 MAX_ROUNDS = 20  # alias write + re-read rounds; concurrent registrations settle in a few
 
 
@@ -72,6 +82,8 @@ def decide(
     champion: tuple[str, float | None] | None,
     *,
     version: int | None = None,
+    classes: list[str] | None = None,
+    champion_classes: list[str] | None = None,
 ) -> Decision:
     """The promotion gate (pure).
 
@@ -82,11 +94,16 @@ def decide(
         champion: ``(version, value)`` of the best other version (the champion; value ``None``
             if it has no recorded value: compared as 0), or ``None`` if there is none.
         version: the new version's number; ``None`` means newer than ``champion``.
+        classes: the new version's class list (``None``: unknown).
+        champion_classes: the champion's class list (``None``: unknown, taken as matching).
 
     Returns:
-        Promote iff ``value >= min_accuracy`` and ``value >=`` the champion's value (on a tie,
-        iff the new version is the newer one: the order of :func:`ranking`).
+        Never promote if both class lists are known and differ (another dataset: not
+        compared). Otherwise promote iff ``value >= min_accuracy`` and ``value >=`` the
+        champion's value (on a tie, iff the new version is the newer one: :func:`ranking`).
     """
+    if champion is not None and not same_classes(classes, champion_classes):
+        return Decision(False, mismatch_reason(champion[0], champion_classes or [], classes or []))
     passed = f"{metric} {value:.4f} >= register.min_accuracy {min_accuracy:.4f}"
     if not passes(value, min_accuracy):  # also catches NaN
         return Decision(False, f"{metric} {value:.4f} is below register.min_accuracy {min_accuracy:.4f}")
@@ -100,6 +117,36 @@ def decide(
     if value == best_value:
         return Decision(False, f"{metric} {value:.4f} ties the newer champion v{other}'s {best_value:.4f}")
     return Decision(False, f"{metric} {value:.4f} is worse than champion v{other}'s {best_value:.4f}")
+
+
+def same_classes(mine: list[str] | None, theirs: list[str] | None) -> bool:
+    """Whether two versions were trained on the same class list (an unknown list matches any)."""
+    return mine is None or theirs is None or list(mine) == list(theirs)
+
+
+def mismatch_reason(champion: str | int, champion_classes: list[str], classes: list[str]) -> str:
+    """Why a version trained on other classes than the champion is not compared with it."""
+    return (
+        f"not compared: champion v{champion} was trained on {len(champion_classes)} classes "
+        f"({', '.join(champion_classes)}) and this version on {len(classes)} ({', '.join(classes)}); "
+        "a registered model holds one dataset: set register.model_name in params.yaml to a name of its own"
+    )
+
+
+def version_classes(version: Any) -> list[str] | None:
+    """The class list a registered version was trained on (its ``vidseq.classes`` tag), or ``None``."""
+    text = version.tags.get(CLASSES_TAG)
+    return None if text is None else list(json.loads(text))
+
+
+def champion_classes(client: Any, name: str) -> list[str] | None:
+    """The class list of ``name@champion`` (``None`` if there is no champion or it has no tag)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return version_classes(client.get_model_version_by_alias(name, CHAMPION))
+    except MlflowException:
+        return None
 
 
 def current_champion(client: Any, name: str, metric: str) -> tuple[str, float | None] | None:
@@ -126,15 +173,20 @@ def current_champion(client: Any, name: str, metric: str) -> tuple[str, float | 
     return version.version, None
 
 
-def passed_versions(client: Any, name: str, metric: str) -> dict[int, float]:
-    """``{version: metric value}`` of every version of ``name`` tagged as having passed the gate."""
+def passed_versions(client: Any, name: str, metric: str, classes: list[str] | None = None) -> dict[int, float]:
+    """``{version: metric value}`` of every version of ``name`` tagged as having passed the gate.
+
+    With ``classes``, only the versions trained on that class list (or on an unknown one).
+    """
     found: dict[int, float] = {}
     token = None
     while True:
         page = client.search_model_versions(f"name='{name}'", page_token=token)
         for version in page:
             value = version.tags.get(TAG_PREFIX + metric)
-            if version.tags.get(GATE_TAG) == PASSED and value is not None:
+            if version.tags.get(GATE_TAG) == PASSED and value is not None and same_classes(
+                classes, version_classes(version)
+            ):
                 found[int(version.version)] = float(value)
         token = page.token
         if not token:
@@ -142,7 +194,7 @@ def passed_versions(client: Any, name: str, metric: str) -> dict[int, float]:
 
 
 def settle_champion(
-    client: Any, name: str, metric: str
+    client: Any, name: str, metric: str, classes: list[str] | None = None
 ) -> tuple[tuple[str, float | None] | None, dict[int, float | None], list[int]]:
     """Points ``@champion`` at the best version that passed the gate, until a re-read agrees.
 
@@ -155,6 +207,9 @@ def settle_champion(
     interleaving. To take a version out of the contest (a rollback), set its ``vidseq.gate``
     tag to anything but ``passed`` and move the alias.
 
+    With ``classes``, only versions trained on that class list compete, and a champion trained
+    on another list is left where it is (another dataset: never compared).
+
     Returns:
         ``(champion, candidates, writes)``: the champion and the ``{version: value}``
         candidates of the last read, and the versions this call pointed ``@champion`` at.
@@ -162,7 +217,9 @@ def settle_champion(
     writes: list[int] = []
     for _ in range(MAX_ROUNDS):
         champion = current_champion(client, name, metric)
-        candidates: dict[int, float | None] = dict(passed_versions(client, name, metric))
+        if champion is not None and not same_classes(classes, champion_classes(client, name)):
+            return champion, {}, writes
+        candidates: dict[int, float | None] = dict(passed_versions(client, name, metric, classes))
         if champion is not None:
             candidates.setdefault(int(champion[0]), champion[1])
         if not candidates:
@@ -176,10 +233,13 @@ def settle_champion(
     return champion, candidates, writes
 
 
-def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterConfig) -> dict[str, Any]:
+def register_version(
+    model_uri: str, run_id: str, value: float, cfg: RegisterConfig, classes: list[str] | None = None
+) -> dict[str, Any]:
     """Registers ``model_uri`` as a new version of ``cfg.model_name`` and applies the gate.
 
-    The version is created with its metric and whether it passed ``min_accuracy`` as tags;
+    The version is created with its metric, whether it passed ``min_accuracy`` and its class
+    list (``classes``: the training dataset's) as tags;
     :func:`settle_champion` then moves ``@champion`` to the best passed version (this one or
     another), and the record states the outcome as read at the end.
 
@@ -192,16 +252,23 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
     name = cfg.model_name
     previous = current_champion(client, name, cfg.metric)
     tags = {TAG_PREFIX + cfg.metric: str(value), GATE_TAG: PASSED if passes(value, cfg.min_accuracy) else "failed"}
+    if classes is not None:
+        tags[CLASSES_TAG] = json.dumps(list(classes))
     version = mlflow.register_model(model_uri, name, tags=tags)
     mine = int(version.version)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
-    champion, candidates, writes = settle_champion(client, name, cfg.metric)
+    champion, candidates, writes = settle_champion(client, name, cfg.metric, classes)
+    theirs = champion_classes(client, name)
     others = {v: x for v, x in candidates.items() if v != mine}
     best_other = max(others, key=lambda v: ranking(v, others[v])) if others else None
-    decision = decide(
-        cfg.metric, value, cfg.min_accuracy, None if best_other is None else (str(best_other), others[best_other]),
-        version=mine,
-    )  # fmt: skip
+    if champion is not None and not same_classes(classes, theirs):  # another dataset holds @champion
+        decision = decide(cfg.metric, value, cfg.min_accuracy, champion, version=mine, classes=classes,
+                          champion_classes=theirs)  # fmt: skip
+    else:
+        decision = decide(
+            cfg.metric, value, cfg.min_accuracy, None if best_other is None else (str(best_other), others[best_other]),
+            version=mine,
+        )  # fmt: skip
     is_champion = champion is not None and int(champion[0]) == mine
     if decision.promote != is_champion:  # only if settle_champion ran out of rounds: report what is
         holder = "this version" if is_champion else f"v{champion[0]}" if champion else "no version"
@@ -219,11 +286,13 @@ def register_version(model_uri: str, run_id: str, value: float, cfg: RegisterCon
         "metric": cfg.metric,
         "value": value,
         "min_accuracy": cfg.min_accuracy,
+        "classes": None if classes is None else list(classes),
         "previous_champion": None if previous is None else {"version": int(previous[0]), cfg.metric: previous[1]},
         "champion": None if champion is None else {"version": int(champion[0]), cfg.metric: champion[1]},
         "champion_writes": writes,
     }
-    for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("registry", json.dumps(record))):
+    record_uri = f"runs:/{run_id}/{REGISTRY_ARTIFACT}"  # the record itself is an artifact: tags stay short
+    for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("record", record_uri)):
         client.set_model_version_tag(name, version.version, TAG_PREFIX + key, tag)
     return record
 
@@ -261,6 +330,7 @@ def register(
     """
     import mlflow
 
+    from pipeline import records
     from training.tracking import model_logging, pyfunc, runs
 
     metrics = runs.read_metrics(metrics_path)
@@ -278,20 +348,45 @@ def register(
         if pyfunc.PYFUNC_MODEL in names:
             model_uri = f"models:/{names[pyfunc.PYFUNC_MODEL]}"
         else:
-            model_uri = pyfunc.log_video_classifier(model_dir).model_uri
-        record = register_version(model_uri, run_id, value, register_cfg)
+            model_uri = pyfunc.log_video_classifier(model_dir, step=runs.trained_step(model_dir)).model_uri
+        classes = list(records.read_spec(model_dir).classes)
+        record = register_version(model_uri, run_id, value, register_cfg, classes)
         record["tracking_uri"] = runs.tracking_uri()
         mlflow.set_tags({
             TAG_PREFIX + "registered_model": register_cfg.model_name,
             TAG_PREFIX + "registered_version": str(record["version"]),
             TAG_PREFIX + "decision": record["decision"],
         })  # fmt: skip
-        mlflow.log_dict(record, "registry.json")
+        mlflow.log_dict(record, REGISTRY_ARTIFACT)
+        runs.link_model_metrics(run_id)  # the servable model shows the evaluation's metrics too
+        describe_registration(record, records.read_spec(model_dir))
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
         handle.write("\n")
     return record
+
+
+def describe_registration(record: dict[str, Any], spec: Any) -> str:
+    """Sets the model card (:mod:`training.tracking.model_card`) as the run's and the version's description.
+
+    The registered model's description becomes the card of its champion: set when this version
+    is promoted (or while the model has no description at all).
+
+    Returns:
+        The card.
+    """
+    import mlflow
+
+    from training.tracking import model_card
+
+    client = mlflow.MlflowClient()
+    text = model_card.describe_run(record["run_id"], spec, record=record)
+    name = record["model_name"]
+    client.update_model_version(name, str(record["version"]), description=text)
+    if record["decision"] == "promoted" or not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=text)
+    return text
 
 
 def describe(record: dict[str, Any]) -> str:
