@@ -9,7 +9,8 @@ only wires it into Beam:
   and kept. Each video is decoded under :func:`pipeline.watchdog.call_with_limit`, so one
   stuck inside FFmpeg or a blocked read is recorded as ``timeout`` and the job goes on.
 * :class:`WriteClips` writes one split's records as ``{split}-NNNNN-of-MMMMM.tfrecord[.gz]``
-  shards of a target size with Beam's file-based sink.
+  shards of a target size, deterministically (:mod:`pipeline.sharding`): the same clips give
+  the same files on any runner and any number of workers.
 * :class:`WriteErrors` and :class:`WriteStats` write ``errors.jsonl`` and the per-split counts
   (clips, videos, decode cost) that the driver turns into ``dataset.json``.
 """
@@ -23,13 +24,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.io import filebasedsink, iobase
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipeline import records, video, watchdog
+from pipeline import records, sharding, video, watchdog
 from pipeline.sources import VideoItem
 from vidseq.params import PreprocessConfig
 
@@ -181,38 +181,68 @@ def _crash_record(item: VideoItem, error) -> dict:
     return error_record(item.video_id, f"unexpected error: {message}", "crash")
 
 
-class _TFRecordShardSink(filebasedsink.FileBasedSink):
-    """Beam's TFRecord framing in a file-based sink that starts a new shard at a byte budget."""
+class _WriteShard(beam.DoFn):
+    """Writes one key range's records, in key order, into a part file that :func:`_name_shards` renames."""
 
-    def __init__(self, file_path_prefix: str, compressed: bool, max_bytes_per_shard: int):
-        super().__init__(
-            file_path_prefix=file_path_prefix,
-            coder=beam.coders.BytesCoder(),
-            file_name_suffix=records.SHARD_SUFFIX + (".gz" if compressed else ""),
-            num_shards=0,
-            shard_name_template="-SSSSS-of-NNNNN",
-            mime_type="application/octet-stream",
-            compression_type=CompressionTypes.GZIP if compressed else CompressionTypes.UNCOMPRESSED,
-            max_bytes_per_shard=max_bytes_per_shard,
-            skip_if_empty=True,  # an empty split has no shards (and S3 cannot take zero-byte files)
-        )
+    def __init__(self, output_dir: str, split: str, compressed: bool):
+        self._output_dir = output_dir
+        self._split = split
+        self._compressed = compressed
 
-    def write_encoded_record(self, file_handle, value: bytes) -> None:
-        _TFRecordUtil.write_record(file_handle, value)
+    def process(self, shard: tuple[int, Sequence[tuple[int, bytes]]]) -> Iterator[str]:
+        index, keyed = shard
+        path = FileSystems.join(self._output_dir, f".{self._split}-part-{index:05d}")
+        compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
+        with FileSystems.create(path, mime_type="application/octet-stream", compression_type=compression) as handle:
+            for _, record in sorted(keyed, key=lambda kv: kv[0]):
+                _TFRecordUtil.write_record(handle, record)
+        yield path
+
+
+def _name_shards(parts: Sequence[str], output_dir: str, split: str, compressed: bool) -> list[str]:
+    """Renames the part files, in key-range order, to ``{split}-00000-of-NNNNN...``: contiguous
+    names even where a key range held no record."""
+    parts = sorted(parts)
+    names = [FileSystems.join(output_dir, records.shard_name(split, i, len(parts), compressed)) for i in range(len(parts))]
+    if parts:
+        FileSystems.rename(parts, names)
+    return names
+
+
+def _assign_shard(keyed: tuple[int, bytes], total_bytes: int, max_bytes: int) -> tuple[int, tuple[int, bytes]]:
+    return sharding.shard_of(keyed[0], sharding.shard_count(total_bytes, max_bytes)), keyed
 
 
 class WriteClips(beam.PTransform):
-    """Writes one split's records as ``{split}-NNNNN-of-MMMMM.tfrecord[.gz]`` shards of about ``shard_size_mb``."""
+    """Writes one split's records as ``{split}-NNNNN-of-MMMMM.tfrecord[.gz]`` shards of about ``shard_size_mb``.
+
+    Sharding is deterministic (:mod:`pipeline.sharding`): the shard count follows the split's
+    total size and each record's shard and position follow its key, so the same clips give
+    byte-identical shards whatever the runner, the number of workers or the bundle order.
+    An empty split writes no shard (and object stores cannot hold zero-byte files anyway).
+    """
 
     def __init__(self, output_dir: str, split: str, cfg: PreprocessConfig):
         super().__init__()
-        self._prefix = FileSystems.join(output_dir, split)
+        self._output_dir = output_dir
+        self._split = split
         self._compressed = cfg.compression == "gzip"
         self._max_bytes = max(1, int(cfg.shard_size_mb * 1024 * 1024))
 
     def expand(self, split_records):
-        sink = _TFRecordShardSink(self._prefix, self._compressed, self._max_bytes)
-        return split_records | "WriteShards" >> iobase.Write(sink)
+        keyed = split_records | "KeyByHash" >> beam.Map(lambda record: (sharding.record_key(record), record))
+        total = beam.pvalue.AsSingleton(
+            keyed | "RecordBytes" >> beam.Map(lambda kv: len(kv[1])) | "SplitBytes" >> beam.CombineGlobally(sum)
+        )
+        return (
+            keyed
+            | "AssignShard" >> beam.Map(_assign_shard, total_bytes=total, max_bytes=self._max_bytes)
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteParts"
+            >> beam.ParDo(_WriteShard(self._output_dir, self._split, self._compressed))
+            | "AllParts" >> beam.combiners.ToList()
+            | "NameShards" >> beam.Map(_name_shards, self._output_dir, self._split, self._compressed)
+        )
 
 
 class WriteErrors(beam.PTransform):

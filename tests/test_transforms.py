@@ -90,6 +90,25 @@ def test_write_clips_shards_by_size_and_reads_back(tmp_path):
     assert sorted(r["video_id"][0].decode() for r in back) == sorted(f"v{i}" for i in range(12))
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_shards_depend_on_the_clips_alone_not_on_their_order_or_the_workers(tmp_path, compression):
+    payloads = [records.encode_clip([bytes([i]) * 3000] * 4, i % 2, CLASSES[i % 2], f"v{i}", [0, 1, 2, 3], [0, 0.1, 0.2, 0.3]) for i in range(40)]
+    cfg = PreprocessConfig(sequence_length=4, shard_size_mb=0.05, compression=compression)
+    written = []
+    for run, (order, options) in enumerate([
+        (payloads, ["--direct_num_workers=1"]),
+        (payloads[::-1], ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]),
+        (payloads[7:] + payloads[:7], ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
+    ]):  # fmt: skip
+        out = tmp_path / str(run)
+        with TestPipeline(argv=options) as p:
+            _ = p | beam.Create(order) | transforms.WriteClips(str(out), "train", cfg)
+        written.append({f.name: f.read_bytes() for f in sorted(out.iterdir())})
+    assert written[0] == written[1] == written[2]  # byte-identical files, same names
+    names = sorted(written[0])
+    assert len(names) > 2 and names == [records.shard_name("train", i, len(names), compression == "gzip") for i in range(len(names))]
+
+
 def test_write_clips_gzip(tmp_path):
     import tensorflow as tf
 
