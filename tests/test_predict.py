@@ -36,8 +36,10 @@ def lines(text):
 def test_each_video_prints_one_json_line_with_label_and_probabilities(model_root, capsys):
     paths = videos(model_root, 3)
     assert predict.main([*paths, "--model", str(model_root / "models")]) == 0
-    out = lines(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = lines(captured.out)
     classes = records.read_spec(str(model_root / "models")).classes
+    assert captured.err == f"model {model_root / 'models'}: {len(classes)} classes: {', '.join(classes)}\n"
     assert [line["video"] for line in out] == paths
     for line in out:
         assert set(line) == {"video", "label", "probabilities", "clips"}
@@ -92,6 +94,8 @@ def test_the_default_model_is_the_registered_champion(model_root, champion_store
     done = subprocess.run([sys.executable, "-m", "training.predict", video], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    classes = records.read_spec(str(model_root / "models")).classes
+    assert f"model models:/vidseq-cnn-lstm@champion (version 1): 6 classes: {', '.join(classes)}\n" in done.stderr
     (line,) = lines(done.stdout)
     in_process = predict.predict_video(VideoClassifier.from_dir(str(model_root / "models")), video)
     assert line["label"] == in_process["label"]

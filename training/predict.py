@@ -10,7 +10,9 @@ folder, or an MLflow model URI; the default is the registered champion,
 (:mod:`training.classifier`) and the clip probabilities averaged. Each video prints
 ``{"video", "label", "probabilities", "clips"}`` (``top_k`` instead of ``probabilities``
 with ``--top-k``); a video that cannot be read prints ``{"video", "error"}`` and the others
-are still answered. The per-video limits of :mod:`training.limits` apply (``VIDSEQ_*``
+are still answered. Before the answers, one line on stderr says which model answers and on which
+classes (``model models:/vidseq-cnn-lstm@champion (version 3): 6 classes: MoveDown, ...``), so a
+champion of another dataset is seen at once. The per-video limits of :mod:`training.limits` apply (``VIDSEQ_*``
 variables, overridden by the flags). An MLflow model is loaded through a temporary copy, so a
 read-only store works. Exit status: 0 all classified, 1 some video failed, 2 bad model or usage.
 """
@@ -152,6 +154,21 @@ def default_model(params_path: str | None) -> str:
     return Params.load(params_path).register.champion_uri
 
 
+def describe_model(reference: str, classes: list[str]) -> str:
+    """``model <reference>[ (version N)]: <n> classes: a, b, ...``; a ``models:/<name>@<alias>`` is resolved."""
+    version = ""
+    if reference.startswith("models:/") and "@" in reference:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        name, alias = reference[len("models:/") :].rsplit("@", 1)
+        try:
+            version = f" (version {mlflow.MlflowClient().get_model_version_by_alias(name, alias).version})"
+        except MlflowException:  # loaded a moment ago: only a concurrent change gets here
+            logger.debug("resolving %s", reference, exc_info=True)
+    return f"model {reference}{version}: {len(classes)} classes: {', '.join(classes)}"
+
+
 def cli_limits(args: argparse.Namespace) -> Limits:
     """``VIDSEQ_*`` limits with the flags given on the command line on top.
 
@@ -183,7 +200,9 @@ def _run(argv: list[str] | None) -> int:
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be positive, got {args.top_k}")
     limits = cli_limits(args)
-    classifier = load_classifier(args.model or default_model(args.params))
+    reference = args.model or default_model(args.params)
+    classifier = load_classifier(reference)
+    print(describe_model(reference, list(classifier.spec.classes)), file=sys.stderr, flush=True)
     classifier.limits, classifier.limit_names = limits, CLI_FLAGS
     failed = 0
     for path in args.videos:
