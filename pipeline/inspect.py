@@ -23,18 +23,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pipeline import records
 from pipeline.records import ContractError, DatasetSpec
+from pipeline.sheets import GAP, LABEL_WIDTH, labelled_sheet, sheet_size  # noqa: F401 - part of this tool's API
 from vidseq import cli
 
 LOGGER = logging.getLogger(__name__)
 
 SHARD_RE = re.compile(r"^(?P<split>\w+?)-(?P<index>\d{5})-of-(?P<count>\d{5})\.tfrecord(?P<gz>\.gz)?$")
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
-LABEL_WIDTH = 160  # contact sheet: pixels left of the frames for the class and video names
-GAP = 2  # contact sheet: pixels between cells
 
 Clip = dict[str, Any]
 
@@ -325,14 +324,6 @@ def format_report(report: Report, records_dir: str) -> list[str]:
     return lines
 
 
-def sheet_size(rows: int, sequence_length: int, height: int, width: int, scale: int) -> tuple[int, int]:
-    """``(width, height)`` in pixels of a contact sheet of ``rows`` clips."""
-    return (
-        LABEL_WIDTH + sequence_length * (width * scale + GAP),
-        GAP + rows * (height * scale + GAP),
-    )
-
-
 def contact_sheet(
     samples: dict[str, list[tuple[str, list[np.ndarray]]]], spec: DatasetSpec, scale: int = 2
 ) -> Image.Image:
@@ -340,18 +331,8 @@ def contact_sheet(
 
     Each row is labelled with its class name and the clip's video file name.
     """
-    rows = [(name, video, frames) for name in spec.classes for video, frames in samples.get(name, [])]
-    t, h, w = spec.sequence_length, spec.height, spec.width
-    sheet = Image.new("RGB", sheet_size(len(rows), t, h, w, scale), (32, 32, 32))
-    draw = ImageDraw.Draw(sheet)
-    for row, (name, video, frames) in enumerate(rows):
-        top = GAP + row * (h * scale + GAP)
-        draw.text((4, top + 2), name, fill=(255, 255, 255))
-        draw.text((4, top + 14), _basename(video)[:26], fill=(160, 160, 160))
-        for column, frame in enumerate(frames[:t]):
-            image = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
-            sheet.paste(image, (LABEL_WIDTH + column * (w * scale + GAP), top))
-    return sheet
+    rows = [(name, _basename(video), frames) for name in spec.classes for video, frames in samples.get(name, [])]
+    return labelled_sheet(rows, spec, scale)
 
 
 def write_png(image: Image.Image, path: str) -> None:

@@ -30,9 +30,13 @@ def _run(argv: list[str] | None) -> None:
     from training.metrics import evaluate
     from training.tracking import runs
 
-    result = evaluate(args.records or params.data.records_dir, args.model, args.output, params.evaluate)
+    records_dir = args.records or params.data.records_dir
+    result = evaluate(records_dir, args.model, args.output, params.evaluate)
     if runs.has_run_file(args.model):  # continue the training run; untracked models are backfilled by register
-        runs.track_evaluation(args.model, result.paths["metrics"], params={"evaluate": params.evaluate.as_dict()})
+        runs.track_evaluation(
+            args.model, result.paths["metrics"], params={"evaluate": params.evaluate.as_dict()},
+            records_dir=records_dir, split=params.evaluate.split,
+        )  # fmt: skip
     print(" ".join(f"{k}={result.metrics[k]:.4f}" for k in HEADLINE if k in result.metrics))
 
 

@@ -203,7 +203,7 @@ def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateCon
         pred["labels"], pred["probs"], list(pred["video_ids"]), spec.classes, cfg.top_k,
         pred["shuffled_probs"], pred["reversed_probs"],
     )  # fmt: skip
-    paths = write_reports(output_dir, metrics, pred, spec.classes)
+    paths = write_reports(output_dir, metrics, pred, spec.classes, split=cfg.split)
     logger.info(
         "%s: clip accuracy %.3f, video accuracy %.3f, shuffled-frames accuracy %.3f (chance %.3f)",
         cfg.split, metrics["accuracy"], metrics["video_accuracy"], metrics["shuffled_accuracy"], metrics["chance"],
@@ -212,9 +212,9 @@ def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateCon
 
 
 def write_reports(
-    output_dir: str, metrics: dict, pred: dict[str, np.ndarray], classes: Sequence[str]
+    output_dir: str, metrics: dict, pred: dict[str, np.ndarray], classes: Sequence[str], *, split: str = "test"
 ) -> dict[str, str]:
-    """Writes metrics.json, predictions.csv, confusion matrix CSV/PNG and per_class.csv."""
+    """Writes metrics.json, predictions.csv, confusion matrix CSV/PNG and per_class.csv (of ``split``)."""
     os.makedirs(output_dir, exist_ok=True)
     paths = {k: os.path.join(output_dir, v) for k, v in (
         ("metrics", METRICS_JSON), ("predictions", PREDICTIONS_CSV), ("confusion_csv", CONFUSION_CSV),
@@ -239,26 +239,35 @@ def write_reports(
         for i, name in enumerate(classes):
             values = [f"{scores[k][i]:.4f}" for k in ("precision", "recall", "f1")]
             writer.writerow([name, *values, int(scores["support"][i])])
-    plot_confusion(cm, classes, paths["confusion_png"])
+    title = confusion_title("clip", split, metrics["accuracy"], int(cm.sum()))
+    plot_confusion(cm, classes, paths["confusion_png"], title=title)
     return paths
 
 
-def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str) -> None:
-    """Writes the confusion matrix (rows actual, columns predicted) as a PNG heat map."""
+def confusion_title(level: str, split: str, accuracy_value: float, count: int) -> str:
+    """``Confusion matrix: 24 test clips, clip accuracy 0.917``: what the picture counts, on which split."""
+    return f"Confusion matrix: {count} {split} {level}s, {level} accuracy {accuracy_value:.3f}"
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str, *, title: str | None = None) -> None:
+    """Writes ``cm[actual, predicted]`` as a PNG heat map: ``actual`` on x, ``predicted`` on y, as ``dvc plots`` draws it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     size = 1.0 + 0.7 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(max(size + 1, 5.5), max(size, 4.5)))
+    image = ax.imshow(cm.T, cmap="Blues")  # rows of the image: predicted (first class on top), columns: actual
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    for (i, j), count in np.ndenumerate(cm):
-        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > cm.max() / 2 else "black")
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    for (actual, predicted), count in np.ndenumerate(cm):
+        ax.text(actual, predicted, str(count), ha="center", va="center",
+                color="white" if count > cm.max() / 2 else "black")  # fmt: skip
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

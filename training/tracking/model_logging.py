@@ -51,8 +51,10 @@ def keras_signature(spec: DatasetSpec) -> Any:
     )
 
 
-def log_keras_model(model: Any, spec: DatasetSpec, *, name: str = KERAS_MODEL) -> Any:
+def log_keras_model(model: Any, spec: DatasetSpec, *, name: str = KERAS_MODEL, step: int = 0) -> Any:
     """Logs a Keras model (Keras flavor) with the tensor signature and a one-clip input example.
+
+    ``step``: the run's step the model belongs to (MLflow attaches the run's metrics at that step).
 
     Raises:
         ContractError: if the model's input is not the spec's clip shape.
@@ -75,6 +77,7 @@ def log_keras_model(model: Any, spec: DatasetSpec, *, name: str = KERAS_MODEL) -
         signature=keras_signature(spec),
         input_example=np.zeros((1, *spec.clip_shape), np.float32),
         pip_requirements=pinned_requirements("tensorflow", "keras"),
+        step=step,
     )
 
 

@@ -143,12 +143,13 @@ def _copy_code(destination: str) -> list[str]:
     return [os.path.join(destination, package) for package in sorted(packages)]
 
 
-def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL) -> Any:
+def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL, step: int = 0) -> Any:
     """Logs the servable pyfunc of the model in ``model_dir`` into the active run.
 
     The model carries ``model.keras``, ``dataset.json`` and exactly the project code it runs
     (:func:`training.tracking.bundle.closure`), with pinned requirements, so ``mlflow models serve`` runs it anywhere
-    those packages install; its ``model_config`` holds the default :class:`Limits`, which
+    those packages install (at run step ``step``: MLflow attaches the run's metrics at that step);
+    its ``model_config`` holds the default :class:`Limits`, which
     ``load_model(..., model_config=...)``, ``SERVING_MODEL_CONFIG`` and ``VIDSEQ_*`` override.
 
     Returns:
@@ -173,5 +174,6 @@ def log_video_classifier(model_dir: str, *, name: str = PYFUNC_MODEL) -> Any:
             signature=pyfunc_signature(spec),
             model_config=dataclasses.asdict(Limits()),
             pip_requirements=pinned_requirements("tensorflow", "keras", "av", "numpy", "pandas", "pillow", "pyyaml"),
+            step=step,
         )
 

@@ -48,7 +48,7 @@ from pipeline import records
 from vidseq.validation import flatten
 from pipeline.records import DatasetSpec
 
-from training.tracking import lineage
+from training.tracking import datasets, lineage, model_card, naming, review
 from training.artifacts import (
     EVALUATION_ARTIFACTS,
     HISTORY_JSON,
@@ -67,6 +67,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DVC_ROOT_ENV = "DVC_ROOT"  # dvc.env.DVC_ROOT: set by DVC for every stage command
 _EXPS_TMP_DIR = (".dvc", "tmp", "exps")  # where DVC makes the copies of --temp and queued experiments
 METRIC_PREFIX = "test_"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # read by MLflow 3's UI (mlflow/server/js)
+CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"  # its kind for model training (vs genai_development)
 _MAX_PARAM_LENGTH = 6000
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -214,15 +216,29 @@ def _begin_run(
     config: MlflowConfig | None,
     run_name: str | None,
 ) -> mlflow.ActiveRun:
-    """Starts a run and logs parameters, the spec, lineage tags and the errors summary."""
+    """Starts a run and logs parameters, the spec, lineage and identity tags, the training inputs, the errors summary.
+
+    The run is named by :mod:`training.tracking.naming` (never by MLflow's generator, which draws
+    from the seeded ``random``) and the experiment is marked as model training (:func:`set_experiment_kind`).
+    """
     experiment_id = configure(config)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+    set_experiment_kind(experiment_id)
+    tags = lineage_tags(records_dir)
+    name, identity = naming.run_identity(
+        mlflow.MlflowClient(), experiment_id, commit=tags.get("mlflow.source.git.commit"),
+        dataset=naming.dataset_name(records_dir, params),
+    )  # fmt: skip
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or name)
     try:
         log_params_once(params)
         log_spec(spec)
-        mlflow.set_tags(lineage_tags(records_dir))
+        mlflow.set_tags({**tags, **identity})
         if records_dir:
             log_preprocessing_errors(records_dir)
+            datasets.log_records_inputs(
+                records_dir, spec, ("train", "val"), name=identity[naming.DATASET_TAG],
+                digest=tags.get("vidseq.records.dvc_md5"),
+            )  # fmt: skip
     except BaseException:
         mlflow.end_run("FAILED")
         raise
@@ -371,6 +387,18 @@ def spec_params(spec: DatasetSpec) -> dict[str, Any]:
     return flatten({"dataset": data})
 
 
+def set_experiment_kind(experiment_id: str, kind: str = CUSTOM_MODEL_DEVELOPMENT) -> None:
+    """Tags the experiment with its kind (``mlflow.experimentKind``) unless someone already chose one.
+
+    MLflow 3's UI opens an experiment of kind ``custom_model_development`` on its runs and
+    model-training pages (an unset kind is guessed, and an experiment without traces may open on
+    the GenAI overview, calling the models "agent versions").
+    """
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, kind)
+
+
 def log_spec(spec: DatasetSpec) -> None:
     """Logs the dataset spec as ``dataset.*`` parameters and as the ``dataset.json`` artifact."""
     log_params_once(spec_params(spec))
@@ -488,21 +516,64 @@ def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX) -> dict[st
 
     The reports next to ``metrics.json`` (:data:`EVALUATION_ARTIFACTS`) go under ``evaluation/``.
 
+    Each metric is logged once, at its value (a metric already in the run with the same value is
+    not logged again: no one-value "series" from re-evaluations), at full precision: rounding
+    would change what the gate compared, and MLflow stores doubles either way. The values are
+    then linked to the run's logged models (:func:`link_model_metrics`).
+
     Returns:
         The metrics logged.
     """
+    run = mlflow.active_run()
+    if run is None:
+        raise TrackingError("no active MLflow run: call start_run or resume_run first")
+    client = mlflow.MlflowClient()
+    logged = client.get_run(run.info.run_id).data.metrics
     metrics = {
         metric_key(prefix + key): float(value)
         for key, value in read_metrics(metrics_path).items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    mlflow.log_metrics(metrics)
+    new = {k: v for k, v in metrics.items() if logged.get(k) != v}
+    if new:  # the client's log_batch: the fluent log_metrics would link them to models logged at step 0
+        now = int(time.time() * 1000)
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in new.items()])
+    link_model_metrics(run.info.run_id, prefix=prefix)
     folder = os.path.dirname(metrics_path)
     for name in EVALUATION_ARTIFACTS:
         path = os.path.join(folder, name) if name != METRICS_JSON else metrics_path
         if os.path.exists(path):
             mlflow.log_artifact(path, "evaluation")
     return metrics
+
+
+def link_model_metrics(run_id: str, *, prefix: str = METRIC_PREFIX) -> dict[str, int]:
+    """Attaches the run's ``<prefix>*`` metrics (the evaluation) to each model the run logged.
+
+    MLflow 3 shows a logged model's (and so a registered version's) metrics from the metrics
+    logged with its ``model_id``. The latest value of each metric is logged again with the model's
+    id; being the same (key, timestamp, step, value), the run's own history keeps one value.
+
+    Returns:
+        ``{model name: metrics linked now}``.
+    """
+    client = mlflow.MlflowClient()
+    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefix)]
+    latest = {}
+    for key in keys:
+        history = client.get_metric_history(run_id, key)
+        if history:
+            latest[key] = max(history, key=lambda m: (m.timestamp, m.step))
+    done: dict[str, int] = {}
+    for name, model_id in logged_model_names(run_id).items():
+        have = {m.key: m.value for m in client.get_logged_model(model_id).metrics or []}
+        missing = [m for k, m in latest.items() if have.get(k) != m.value]
+        if missing:
+            client.log_batch(run_id, metrics=[
+                Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id) for m in missing
+            ])  # fmt: skip
+        done[name] = len(missing)
+    return done
 
 
 # --------------------------------------------------------------------------- training outputs
@@ -519,12 +590,18 @@ def log_training_outputs(output_dir: str, *, model: Any = None, history: bool = 
 
     Returns:
         The Keras model's ``ModelInfo``.
+
+    The model is logged at the step of the epoch whose weights it keeps (``best_epoch`` of
+    ``history.json``), so MLflow attaches that epoch's metrics to it, not epoch 0's.
     """
     spec = records.read_spec(output_dir)
     history_path = os.path.join(output_dir, HISTORY_JSON)
-    if history and os.path.exists(history_path):
+    saved: dict[str, Any] = {}
+    if os.path.exists(history_path):
         with open(history_path, encoding="utf-8") as handle:
-            log_history(json.load(handle).get("history", {}))
+            saved = json.load(handle)
+    if history and saved:
+        log_history(saved.get("history", {}))
     for name in TRAINING_ARTIFACTS:
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
@@ -533,7 +610,24 @@ def log_training_outputs(output_dir: str, *, model: Any = None, history: bool = 
         import keras
 
         model = keras.saving.load_model(model_files(output_dir)[0])
-    return log_keras_model(model, spec)
+    return log_keras_model(model, spec, step=model_step(saved))
+
+
+def trained_step(model_dir: str) -> int:
+    """:func:`model_step` of the ``history.json`` in ``model_dir`` (0 without one)."""
+    path = os.path.join(model_dir, HISTORY_JSON)
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return model_step(json.load(handle))
+
+
+def model_step(saved_history: Mapping[str, Any]) -> int:
+    """The step a trained model is logged at: its ``best_epoch``, else the last epoch, else 0."""
+    if isinstance(saved_history.get("best_epoch"), int):
+        return int(saved_history["best_epoch"])
+    epochs = (saved_history.get("history") or {}).get("epoch") or [0]
+    return int(epochs[-1])
 
 
 # --------------------------------------------------------------------------- one call per stage
@@ -550,26 +644,68 @@ def track_training(
 ) -> str:
     """Train's whole logging after ``training.train.train``: start the run, log, end it.
 
+    Besides :func:`log_training_outputs`: the model summary (``training/model_summary.txt``,
+    the ``--summary`` table, when ``params`` has a ``model`` section) and the model card as the
+    run's description.
+
     Returns:
         The run id (also in ``output_dir/mlflow_run.json``).
     """
     spec = records.read_spec(output_dir)
     with start_run(output_dir, params, spec, records_dir=records_dir, config=config) as active:
         log_training_outputs(output_dir, model=model, history=history)
+        log_model_summary(spec, params.get("model"))
+        model_card.describe_run(active.info.run_id, spec)
         return active.info.run_id
 
 
-def track_evaluation(model_dir: str, metrics_path: str, *, params: Mapping[str, Any] | None = None) -> str:
+def log_model_summary(spec: DatasetSpec, model_params: Mapping[str, Any] | None) -> str | None:
+    """Logs :func:`training.model.summarize` (the shape through each layer) as ``training/model_summary.txt``."""
+    if model_params is None:
+        return None
+    from training.model import summarize
+    from vidseq.params import ModelConfig
+    from vidseq.validation import from_mapping
+
+    text = summarize(spec, from_mapping(ModelConfig, model_params, "model"))
+    mlflow.log_text(text + "\n", "training/model_summary.txt")
+    return text
+
+
+def track_evaluation(
+    model_dir: str,
+    metrics_path: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    records_dir: str | None = None,
+    split: str = "test",
+) -> str:
     """Evaluate's whole logging: continue the training run, log ``params`` and the metrics.
+
+    With ``records_dir`` also: the evaluated split as the run's ``evaluation`` input, the test
+    clips sheet and animation and the per-class table (:mod:`training.tracking.review`), and
+    the model card, now with the test metrics, as the run's description.
 
     Returns:
         The run id.
     """
     with resume_run(model_dir) as active:
+        run_id = active.info.run_id
         if params:
             log_params_once(params)
+        mlflow.set_tag("vidseq.evaluate.split", split)
         log_evaluation(metrics_path)
-        return active.info.run_id
+        spec = records.read_spec(model_dir)
+        if records_dir:
+            tags = mlflow.MlflowClient().get_run(run_id).data.tags
+            name = tags.get(naming.DATASET_TAG) or naming.dataset_name(records_dir)
+            records_spec = records.read_spec(records_dir)
+            same = os.path.normpath(tags.get("vidseq.records.path", "")) == os.path.normpath(records_dir)
+            md5 = tags.get("vidseq.records.dvc_md5") if same else lineage.records_hash(records_dir)[0]
+            datasets.log_records_inputs(records_dir, records_spec, (split,), name=name, digest=md5)
+            review.log_review(run_id, records_dir, os.path.dirname(metrics_path), records_spec, split)
+        model_card.describe_run(run_id, spec)
+        return run_id
 
 
 @contextlib.contextmanager

@@ -1,0 +1,90 @@
+"""Run names and run tags that tell runs apart: the DVC experiment, else ``<commit>-<dataset>-<n>``.
+
+MLflow draws a random run name from Python's ``random`` module, which training seeds, so every
+run would get the same name. Names here come from what the run is instead:
+
+* under ``dvc exp run`` DVC puts ``DVC_EXP_NAME`` (the experiment's name) and
+  ``DVC_EXP_BASELINE_REV`` (the commit it branches from) in the stage's environment
+  (``dvc/repo/experiments/queue/base.py``): the run is named after the experiment and tagged
+  ``vidseq.dvc.experiment`` / ``vidseq.dvc.baseline``;
+* otherwise ``<git short sha>-<dataset>-<n>``: ``n`` counts the runs of the experiment with
+  that prefix (``a1b2c3d-demo-1``, ``a1b2c3d-demo-2``, ...); ``nogit`` outside a git checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+DVC_EXP_NAME = "DVC_EXP_NAME"
+DVC_EXP_BASELINE_REV = "DVC_EXP_BASELINE_REV"
+EXPERIMENT_TAG = "vidseq.dvc.experiment"
+BASELINE_TAG = "vidseq.dvc.baseline"
+DATASET_TAG = "vidseq.dataset"
+SHORT_SHA = 7
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def dataset_name(records_dir: str | None, params: Mapping[str, Any] | None = None) -> str:
+    """A short name of the data: the videos folder the records were made from, else the records folder.
+
+    ``data.records_dir`` made from ``data.raw_dir: data/demo`` is ``demo``; records given
+    elsewhere (``--records /data/ucf101``) are named by their folder (``ucf101``).
+    """
+    data = (params or {}).get("data") or {}
+    raw, default_records = data.get("raw_dir"), data.get("records_dir")
+    same = records_dir and default_records and os.path.normpath(records_dir) == os.path.normpath(default_records)
+    folder = raw if (same or not records_dir) and raw else records_dir or "records"
+    name = os.path.basename(os.path.normpath(str(folder).rstrip("/"))) or "records"
+    return _UNSAFE.sub("_", name)
+
+
+def dvc_experiment(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """``(experiment name, baseline commit)`` when run by ``dvc exp run``, else ``(None, None)``."""
+    env = os.environ if environ is None else environ
+    return env.get(DVC_EXP_NAME) or None, env.get(DVC_EXP_BASELINE_REV) or None
+
+
+def next_run_name(client: Any, experiment_id: str, prefix: str) -> str:
+    """``<prefix>-<n>``: one more than the runs of the experiment named ``<prefix>-<number>``."""
+    taken = 0
+    token = None
+    pattern = re.compile(re.escape(prefix) + r"-(\d+)$")
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=f"attributes.run_name LIKE '{prefix}-%'", max_results=1000, page_token=token
+        )
+        for run in page:
+            found = pattern.match(run.info.run_name or "")
+            if found:
+                taken = max(taken, int(found.group(1)))
+        token = page.token
+        if not token:
+            return f"{prefix}-{taken + 1}"
+
+
+def run_identity(
+    client: Any,
+    experiment_id: str,
+    *,
+    commit: str | None,
+    dataset: str,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """The run's name and the tags saying where it comes from.
+
+    Returns:
+        ``(run name, tags)``: tags ``vidseq.dataset`` and, under ``dvc exp run``,
+        ``vidseq.dvc.experiment`` and ``vidseq.dvc.baseline``.
+    """
+    experiment, baseline = dvc_experiment(environ)
+    tags = {DATASET_TAG: dataset}
+    if baseline:
+        tags[BASELINE_TAG] = baseline
+    if experiment:
+        tags[EXPERIMENT_TAG] = experiment
+        return experiment, tags
+    prefix = f"{commit[:SHORT_SHA] if commit else 'nogit'}-{dataset}"
+    return next_run_name(client, experiment_id, prefix), tags
