@@ -127,16 +127,20 @@ def scan(
     demux: Callable[[], Any],
     default_duration: int,
     check: Callable[[int], None] = lambda count: None,
+    check_every: int = 64,
 ) -> PacketIndex:
     """Builds a :class:`PacketIndex` from the packets that ``demux()`` yields (no decoding).
 
     Args:
         demux: returns an iterator of PyAV packets of the video stream.
         default_duration: a frame's duration in the time base, for packets that state none.
-        check: called with the packet count before each packet (deadline and limits).
+        check: called with the count of non-empty packets every ``check_every`` of them and
+            at the end (deadline and limits; a scan of 9,000 packets takes a few ms).
+        check_every: how often ``check`` runs.
     """
     shown = array("q")
     keys = array("q")
+    last = None  # the latest shown pts so far, and where that frame ends
     end: int | None = None
     seekable = True
     count = 0
@@ -144,7 +148,8 @@ def scan(
         if not packet.size:  # the flush packet at the end, or an empty (dropped) frame
             continue
         count += 1
-        check(count)
+        if not count % check_every:
+            check(count)
         pts = packet.pts
         if pts is None:
             seekable = False
@@ -154,8 +159,11 @@ def scan(
         if packet.is_discard:
             continue
         shown.append(pts)
-        stop = pts + (packet.duration or default_duration)
-        end = stop if end is None else max(end, stop)
+        if last is None or pts >= last:
+            last = pts
+            stop = pts + (packet.duration or default_duration)
+            end = stop if end is None else max(end, stop)
+    check(count)
     pts_sorted = sorted(shown)
     if any(a == b for a, b in zip(pts_sorted, pts_sorted[1:])):
         seekable = False  # two frames at one time: a frame cannot be found by its timestamp

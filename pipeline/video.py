@@ -218,6 +218,7 @@ def probe(source: Source, name: str = "") -> VideoInfo:
         VideoError: if the file is not a readable video.
     """
     with _open_video(source, name, _Deadline(None), threads=0) as opened:
+        opened.rewind()
         container, stream, duration = opened.container, opened.stream, opened.duration
         with _errors("decode"):
             first = next(container.decode(stream), None)
@@ -297,6 +298,7 @@ def iter_clips(
                 log.info("%s: seeking did not find the frames the index promised (%s); decoding sequentially", name, exc)
                 stats.mode, stats.fell_back = "sequential", True
                 opened.reopen()
+        opened.rewind()
         yield from _decode_clips(opened, plans, cfg, deadline, timing, stats, limits, skip=done)
 
 
@@ -395,6 +397,7 @@ class _OpenVideo:
         self.duration = 0.0
         self.index: keyframes.PacketIndex | None = None
         self.shorter_than_stated = False
+        self.at_end = False
         self.open()
 
     @property
@@ -409,7 +412,13 @@ class _OpenVideo:
         if self._threads:
             context.thread_count = self._threads
 
+    def rewind(self) -> None:
+        """Makes the next demux start at the beginning (after the index pass read to the end)."""
+        if self.at_end:
+            self.reopen()
+
     def reopen(self) -> None:
+        self.at_end = False
         self.close()
         if self._start is not None:
             self._source.seek(self._start)  # type: ignore[union-attr]
@@ -460,8 +469,7 @@ def _open_video(
                     log.debug("%s: no duration in the metadata, scanning packets", name)
                 with _errors("probe"):
                     opened.index = _scan_packets(opened.container, stream, deadline, limits)
-                opened.reopen()
-                stream = opened.stream
+                opened.at_end = True  # a seek moves on from here; a sequential pass calls rewind()
         opened.duration, opened.shorter_than_stated = _duration(stated, opened.index, stream)
         limits.check_duration(opened.duration)
         yield opened

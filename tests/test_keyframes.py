@@ -33,10 +33,10 @@ def test_scan_keeps_shown_frames_sorted_and_every_keyframe():
         FakePacket(None, size=0),  # the flush packet at the end
     ]  # fmt: skip
     counts = []
-    index = keyframes.scan(lambda: iter(packets), default_duration=1, check=counts.append)
+    index = keyframes.scan(lambda: iter(packets), default_duration=1, check=counts.append, check_every=1)
     assert list(index.pts) == [0, 1, 2, 3] and list(index.keyframes) == [-3, 3]
     assert index.end_pts == 4 and index.seekable and len(index) == 4
-    assert counts == [1, 2, 3, 4, 5, 6, 7]  # the limits see every non-empty packet
+    assert counts == [1, 2, 3, 4, 5, 6, 7, 7]  # the limits see every non-empty packet, and the total
     assert index.duration_s(0, 0.5) == 2.0
 
 
