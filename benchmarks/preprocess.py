@@ -138,9 +138,7 @@ def params_with(params: str, folder: Path, **preprocess) -> str:
 
 
 def record_bytes(folder: Path) -> list[bytes]:
-    import tfrecord_lite  # noqa: F401  (the framing is read by hand below: byte-exact records)
-
-    out = []
+    out = []  # TFRecord framing read by hand: the records' exact bytes
     for shard in sorted(glob.glob(str(folder / "*.tfrecord"))):
         data = Path(shard).read_bytes()
         offset = 0

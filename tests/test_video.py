@@ -412,7 +412,8 @@ def test_frames_over_max_pixels_are_refused_from_the_header_before_decoding(tmp_
     write_video(str(path), counter_frames(size=(128, 128)), SOURCE_FPS, "mp4")
     limits = video.DecodeLimits(max_pixels=64 * 64, names=(("max_pixels", "VIDSEQ_MAX_PIXELS"),))
     with monkeypatch.context() as patch:
-        patch.setattr(video, "_decode_clips", lambda *args: pytest.fail("the decode loop was entered"))
+        for loop in ("sequential", "seek"):
+            patch.setattr(video.decoding, loop, lambda *args, **kwargs: pytest.fail("a decode loop was entered"))
         with pytest.raises(video.VideoError) as error:
             list(video.iter_clips(io.BytesIO(path.read_bytes()), config(), limits=limits))
     assert error.value.stage == "limit"
