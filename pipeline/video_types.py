@@ -68,8 +68,8 @@ class DecodeLimits:
     Attributes:
         max_pixels: width × height of a frame, checked from the stream header before
             decoding and again on every decoded frame (a stream may change size).
-        max_frames: frames decoded (or packets demuxed when scanning for the duration).
-        max_duration_s: the video's duration, from the metadata or the demux scan.
+        max_frames: frames decoded, and packets read by the index pass.
+        max_duration_s: the video's duration (the metadata's, or what the index pass finds when less).
         timeout_s: wall-clock budget for the whole video (the smaller of this and
             ``iter_clips``' ``timeout_s`` applies).
         names: how messages name each cap's setting, e.g. ``{"max_pixels": "VIDSEQ_MAX_PIXELS"}``.
