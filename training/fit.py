@@ -37,7 +37,7 @@ from training.artifacts import (
     RESUME_JSON,
 )
 from training.data import check_compatible, make_dataset
-from training.model import build_model
+from training.model import build_model, save_model
 from training.shards import count_clips, reading_records
 from vidseq.errors import VidseqError
 from vidseq.params import ModelConfig, TrainConfig
@@ -143,6 +143,7 @@ def train(
         DamagedRecordsError: if a train or val shard is corrupt or truncated (names file and record).
     """
     keras.utils.set_random_seed(train_cfg.seed)
+    tf.config.experimental.enable_op_determinism()  # same records + params -> the same model bytes (dvc.lock)
     spec = records.read_spec(records_dir)
     train_clips = count_clips(records_dir, "train", spec)
     count_clips(records_dir, "val", spec)
@@ -227,14 +228,13 @@ def make_callbacks(paths: dict[str, str], cfg: TrainConfig, resuming: bool) -> l
 
 def write_outputs(result: TrainResult, monitor: str) -> None:
     """Writes the model, the dataset spec, history.json and the training curves."""
-    result.model.save(result.paths["model"])
+    save_model(result.model, result.paths["model"])  # reproducible bytes
     with open(result.paths["dataset"], "w", encoding="utf-8") as handle:
         handle.write(result.spec.to_json())
     summary = {
         "initial_epoch": result.initial_epoch,
         "best_epoch": result.best_epoch,
-        "monitor": monitor,
-        "seconds": round(result.seconds, 3),
+        "monitor": monitor,  # no wall time: the file is a DVC output and must not change between equal runs
         "history": result.history,
     }
     with open(result.paths["history_json"], "w", encoding="utf-8") as handle:

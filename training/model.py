@@ -8,11 +8,13 @@ shape and the class count come from ``dataset.json`` (:class:`DatasetSpec`), nev
 second place, so the model always matches the records it is built for.
 
 The model file holds only the model, :func:`build_tiny_model` (a variant used for testing
-only) and :func:`summarize`, the shape through every layer (``python -m training.train --summary``).
+only), :func:`summarize`, the shape through every layer (``python -m training.train --summary``),
+and saving and loading: :func:`save_model` writes the same bytes for the same model.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import zipfile
@@ -183,6 +185,48 @@ def summarize(spec: DatasetSpec, model_cfg: ModelConfig) -> str:
 
 def _shape(shape: tuple) -> str:
     return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + ")"
+
+
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip format's earliest date: every entry of a saved model gets it
+
+
+def save_model(model: keras.Model, path: str) -> None:
+    """Saves ``model`` as a ``.keras`` file whose bytes depend only on the model.
+
+    Keras stamps the save time into ``metadata.json`` (``date_saved``) and into the weights'
+    zip entry, and numbers shared objects in ``config.json`` by their memory address
+    (``shared_object_id``). The time is taken out, the ids become 1, 2, ... in order of first
+    appearance (the same sharing) and every entry is dated :data:`ZIP_TIME` (in Keras' order),
+    so retraining the same model on the same data gives the same file and the same DVC hash.
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    scratch = f"{path}.tmp"
+    with zipfile.ZipFile(scratch, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata, sort_keys=True).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            entry = zipfile.ZipInfo(info.filename, date_time=ZIP_TIME)
+            entry.compress_type, entry.external_attr = info.compress_type, 0o644 << 16
+            archive.writestr(entry, data)
+    os.replace(scratch, path)
+
+
+def _renumber_shared_objects(config: Any, ids: dict[Any, int]) -> Any:
+    """``config`` with each ``shared_object_id`` replaced by its order of first appearance."""
+    if isinstance(config, dict):
+        return {
+            key: ids.setdefault(value, len(ids) + 1) if key == "shared_object_id" else _renumber_shared_objects(value, ids)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_renumber_shared_objects(value, ids) for value in config]
+    return config
 
 
 def load_keras_model(path: str) -> Any:
