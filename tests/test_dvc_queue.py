@@ -137,6 +137,6 @@ def test_each_queued_run_is_named_after_its_dvc_experiment(queued):
     client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
     found = client.search_runs([experiment.experiment_id], max_results=100)
-    assert {int(r.data.params["model.rnn_units"]): r.info.run_name for r in found} == {
-        units: name for name, units in names.items()
-    }
+    expected = {units: name for name, units in names.items()}
+    assert {int(r.data.params["model.rnn_units"]): r.info.run_name for r in found} == expected
+    assert {int(r.data.params["model.rnn_units"]): r.data.tags["vidseq.dvc.experiment"] for r in found} == expected
