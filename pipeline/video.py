@@ -267,7 +267,11 @@ class _OpenVideo:
 
     def open(self) -> None:
         self.container = _open_container(self._target)
-        self.stream = _video_stream(self.container)
+        try:
+            self.stream = _video_stream(self.container)
+        except BaseException:
+            self.close()
+            raise
         context = self.stream.codec_context
         context.thread_type = "AUTO"
         if self._threads:
