@@ -140,3 +140,17 @@ def test_each_queued_run_is_named_after_its_dvc_experiment(queued):
     expected = {units: name for name, units in names.items()}
     assert {int(r.data.params["model.rnn_units"]): r.info.run_name for r in found} == expected
     assert {int(r.data.params["model.rnn_units"]): r.data.tags["vidseq.dvc.experiment"] for r in found} == expected
+
+
+def test_an_experiment_run_with_temp_also_logs_into_the_workspace_store(queued):
+    """Runs after the queue tests (file order): one more experiment, in a temporary copy, default store."""
+    path, names, _ = queued
+    env = {k: v for k, v in tool_env("").items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    run([DVC, "exp", "run", "--temp", "-n", "temp-4", "-S", "model.rnn_units=4"], path, env, timeout=900)
+    client = mlflow.MlflowClient(f"sqlite:///{path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    found = client.search_runs([experiment.experiment_id], max_results=100)
+    assert len(found) == len(names) + 1
+    new = next(r for r in found if r.data.params["model.rnn_units"] == "4")
+    assert new.info.status == "FINISHED" and new.info.run_name == "temp-4"
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == len(names) + 1

@@ -3,7 +3,9 @@
 Train opens the run with :func:`start_run` and writes its id to ``OUTPUT/mlflow_run.json``;
 evaluate and register continue the same run with :func:`resume_run` from the model directory.
 The store is ``MLFLOW_TRACKING_URI`` or MLflow's default ``sqlite:///mlflow.db`` (a real
-database, which the Model Registry needs); the experiment is ``mlflow.experiment_name``.
+database, which the Model Registry needs), a relative one resolved against the DVC workspace
+(:func:`tracking_uri`, also inside DVC's temporary experiment copies); the experiment is
+``mlflow.experiment_name``.
 
 What lands in the run:
 
