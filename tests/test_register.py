@@ -101,7 +101,7 @@ def test_the_gate_moves_champion_only_to_a_version_not_worse(tracked_model, mode
     assert [int(v.version) for v in client.search_model_versions("name='vidseq-cnn-lstm'")] == [3, 2, 1]
     tags = client.get_model_version("vidseq-cnn-lstm", "2").tags
     assert tags["vidseq.decision"] == "rejected" and "worse than champion" in tags["vidseq.reason"]
-    assert json.loads(tags["vidseq.registry"])["version"] == 2 and tags["vidseq.video_accuracy"] == "0.55"
+    assert mlflow.artifacts.load_dict(tags["vidseq.record"])["version"] == 2 and tags["vidseq.video_accuracy"] == "0.55"
     run = client.get_run(first["run_id"])  # one run: train's, continued by every registration
     assert run.data.tags["vidseq.registered_version"] == "3" and run.data.tags["vidseq.decision"] == "promoted"
     logged = mlflow.artifacts.load_dict(f"runs:/{first['run_id']}/registry.json")
@@ -256,9 +256,7 @@ def test_the_worse_of_two_concurrent_registrations_writing_last_does_not_win(mod
     assert late["champion"] == {"version": 2, "video_accuracy": 0.95} and "champion" not in late["aliases"]
     assert late["champion_writes"] == [1, 2]  # its stale write, then the repair
     tags = mlflow.MlflowClient().get_model_version(name, "1").tags
-    assert tags["vidseq.decision"] == "rejected" and json.loads(tags["vidseq.registry"]) == {
-        k: v for k, v in late.items() if k != "tracking_uri"
-    }
+    assert tags["vidseq.decision"] == "rejected" and mlflow.artifacts.load_dict(tags["vidseq.record"]) == late
 
 
 def test_three_concurrent_registrations_end_on_the_best(model_root, tmp_path, store, monkeypatch):

@@ -164,9 +164,11 @@ def test_the_registry_record_is_an_artifact_and_tags_stay_short(tracked):
     run_id, record, _, _, client = tracked
     version = client.get_model_version(MODEL, str(record["version"]))
     assert "vidseq.registry" not in version.tags
-    assert version.tags["vidseq.record"] == f"runs:/{run_id}/registry.json"
+    assert version.tags["vidseq.record"] == f"runs:/{run_id}/registry/{MODEL}-v{record['version']}.json"
     assert all(len(value) < 500 for value in version.tags.values())
-    assert mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/registry.json")["version"] == record["version"]
+    artifacts = client.get_run(run_id).info.artifact_uri
+    for path in ("registry.json", f"registry/{MODEL}-v{record['version']}.json"):
+        assert mlflow.artifacts.load_dict(f"{artifacts}/{path}") == record
 
 
 def _image(client, run_id, path):

@@ -17,6 +17,7 @@ import collections
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -110,7 +111,9 @@ def _source(records_dir: str) -> Any:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
 
     uri = records_dir if "://" in records_dir else os.path.abspath(records_dir)
-    return resolve_dataset_source(uri)
+    with warnings.catch_warnings():  # a local path matches MLflow's local source under two schemes: same source
+        warnings.simplefilter("ignore", UserWarning)
+        return resolve_dataset_source(uri)
 
 
 def split_dataset(
@@ -146,9 +149,17 @@ def log_records_inputs(
     """Logs each of ``splits`` as an input of the active run, with its context.
 
     Returns:
-        ``{split: dataset}`` of the splits logged (a split without clips is skipped).
+        ``{split: dataset}`` of the splits logged (a split without clips is skipped; none when
+        the records are not there, e.g. a run backfilled by register on another machine).
     """
-    profile = profile if profile is not None else records_profile(records_dir, spec)
+    if profile is None:
+        from vidseq.errors import VidseqError
+
+        try:
+            profile = records_profile(records_dir, spec)
+        except (VidseqError, FileNotFoundError) as exc:  # the shards are gone: the run simply lists no inputs
+            logger.info("records %s not readable, no dataset inputs logged: %s", records_dir, exc)
+            return {}
     logged = {}
     for split in splits:
         if split not in profile:

@@ -173,13 +173,14 @@ def _data_section(facts: Mapping[str, Any], per_class: bool) -> list[str]:
 def _registry_section(record: Mapping[str, Any] | None) -> list[str]:
     if not record:
         return []
+    from training.tracking.registry import record_artifact
     aliases = ", ".join(f"`@{a}`" for a in record.get("aliases") or []) or "none"
     return [
         "## Registry decision",
         "",
         f"**{record['decision']}**: {record['reason']}. Aliases of v{record['version']}: {aliases}; "
         f"`{record['metric']}` {_number(record['value'])} (gate: `register.min_accuracy` {_number(record['min_accuracy'])}). "
-        "The full record is the run's `registry/registry.json` artifact.",
+        f"The full record is the run's artifact `{record_artifact(record['model_name'], record['version'])}`.",
         "",
     ]
 

@@ -12,7 +12,7 @@ a registration points ``@champion`` at the best passed version it sees, re-readi
 alias agrees (:func:`settle_champion`); concurrent registrations thus end on the best one.
 The decision, its reason and the aliases (as read at the end) are written to
 ``registry.json`` (also the run's artifact ``registry.json``); the version gets short tags
-(decision, reason, ``vidseq.record``: the artifact's ``runs:/`` URI) and, like the run and the
+(decision, reason, ``vidseq.record``: the ``runs:/`` URI of its record, :func:`record_artifact`) and, like the run and the
 registered model (while it is the champion), the model card as its description.
 
 Datasets never mix: each version is tagged with the class list it was trained on
@@ -45,7 +45,7 @@ TAG_PREFIX = "vidseq."
 GATE_TAG = TAG_PREFIX + "gate"  # "passed" on a version whose metric reached register.min_accuracy
 CLASSES_TAG = TAG_PREFIX + "classes"  # JSON list of the class names the version was trained on
 PASSED = "passed"
-REGISTRY_ARTIFACT = "registry.json"  # the registry record, in the run (version tag vidseq.record points at it)
+REGISTRY_ARTIFACT = "registry.json"  # the run's latest registry record (each version's: record_artifact)
 MAX_ROUNDS = 20  # alias write + re-read rounds; concurrent registrations settle in a few
 
 
@@ -291,7 +291,7 @@ def register_version(
         "champion": None if champion is None else {"version": int(champion[0]), cfg.metric: champion[1]},
         "champion_writes": writes,
     }
-    record_uri = f"runs:/{run_id}/{REGISTRY_ARTIFACT}"  # the record itself is an artifact: tags stay short
+    record_uri = f"runs:/{run_id}/{record_artifact(name, mine)}"  # the record itself is an artifact: tags stay short
     for key, tag in (("decision", record["decision"]), ("reason", decision.reason), ("record", record_uri)):
         client.set_model_version_tag(name, version.version, TAG_PREFIX + key, tag)
     return record
@@ -357,7 +357,8 @@ def register(
             TAG_PREFIX + "registered_version": str(record["version"]),
             TAG_PREFIX + "decision": record["decision"],
         })  # fmt: skip
-        mlflow.log_dict(record, REGISTRY_ARTIFACT)
+        mlflow.log_dict(record, REGISTRY_ARTIFACT)  # the run's latest registration
+        mlflow.log_dict(record, record_artifact(record["model_name"], record["version"]))  # this version's
         runs.link_model_metrics(run_id)  # the servable model shows the evaluation's metrics too
         describe_registration(record, records.read_spec(model_dir))
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
@@ -365,6 +366,11 @@ def register(
         json.dump(record, handle, indent=2)
         handle.write("\n")
     return record
+
+
+def record_artifact(name: str, version: int | str) -> str:
+    """The run artifact holding the registry record of version ``version`` of ``name``."""
+    return f"registry/{name}-v{version}.json"
 
 
 def describe_registration(record: dict[str, Any], spec: Any) -> str:
