@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import parallelism, records, staging, transforms
+from pipeline import coverage, parallelism, records, staging, transforms
 from pipeline.sources import InputError, list_videos
 from vidseq import cli
 from vidseq.errors import WorkFailedError
@@ -47,12 +47,14 @@ class Summary:
     workers: str = "1 process"
     frames_decoded: int = 0
     frames_kept: int = 0
+    warnings: int = 0
 
     def line(self) -> str:
         return (
             f"{self.videos} videos → {self.clips} clips in {self.shards} shards on {self.workers}; "
             f"decoded {self.frames_decoded} frames for {self.frames_kept} kept; "
-            f"{self.failed} failed, see {FileSystems.join(self.output, records.ERRORS_JSONL)}"
+            + (f"{self.failed} failed, see {FileSystems.join(self.output, records.ERRORS_JSONL)}" if self.failed else "none failed")
+            + (f"; {self.warnings} warning(s) in dataset.json" if self.warnings else "")
         )
 
 
@@ -102,6 +104,7 @@ def _run_into(
     if not listing.classes:
         raise InputError(f"no usable videos in {input_path}: every entry failed listing ({listing.errors[0]['reason']})")
     staging.check_apart(output, [item.path for item in listing.items], what="the input video")
+    split_warnings = coverage.check(listing.items, listing.classes, cfg.splits)  # no train/val video: fails now
     logger.info(
         "found %d videos in %d classes under %s; running on %s",
         len(listing.items), len(listing.classes), input_path, parallel.describe(),
@@ -115,6 +118,7 @@ def _run_into(
     errors, _ = records.read_errors(stage_dir)  # the job wrote it: every line is an entry
     total = len(listing.items) + len(listing.errors)
     _check_error_fraction(errors, total, cfg, stage_dir, output)
+    split_warnings += coverage.clip_warnings(stats)
     spec = records.DatasetSpec(
         sequence_length=cfg.sequence_length,
         height=cfg.height,
@@ -127,6 +131,7 @@ def _run_into(
         compression=cfg.compression,
         sampling=cfg.as_dict(),
         decode=decode,
+        warnings=tuple(split_warnings),
     )
     with FileSystems.create(FileSystems.join(stage_dir, records.DATASET_JSON)) as handle:
         handle.write(spec.to_json().encode("utf-8"))
@@ -139,7 +144,7 @@ def _run_into(
         len(FileSystems.match([FileSystems.join(output, records.shard_pattern(s, spec.compressed))])[0].metadata_list)
         for s in records.SPLITS
     )
-    for warning in listing.warnings:
+    for warning in [*listing.warnings, *split_warnings]:
         print(f"warning: {warning}", file=sys.stderr)
     return Summary(
         videos=total,
@@ -150,6 +155,7 @@ def _run_into(
         workers=parallel.describe(),
         frames_decoded=decode["frames_decoded"],
         frames_kept=decode["frames_kept"],
+        warnings=len(split_warnings),
     )
 
 

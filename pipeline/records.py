@@ -232,6 +232,8 @@ class DatasetSpec:
             ``preprocess.decode``) and ``videos_shorter_than_stated`` (files holding less than
             their header states, planned on what they hold). Empty in a ``dataset.json``
             written before the key existed, which is still read.
+        warnings: what the preprocessing warned about the splits (a split empty or without a
+            class: :mod:`pipeline.coverage`); empty when every split has every class.
         format_version: version of this contract.
         format: always ``FORMAT_MARKER``; says the folder is a vidseq records output.
     """
@@ -247,6 +249,7 @@ class DatasetSpec:
     compression: str = "none"
     sampling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     decode: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
     format: str = FORMAT_MARKER
 
@@ -267,6 +270,7 @@ class DatasetSpec:
         if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
             raise ContractError(f"dataset.json: classes must be a non-empty list of unique names, got {self.classes!r}")
         object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
 
     @property
     def clip_shape(self) -> tuple[int, int, int, int]:
@@ -287,6 +291,7 @@ class DatasetSpec:
         data["splits"] = {k: dict(v) for k, v in self.splits.items()}
         data["sampling"] = dict(self.sampling)
         data["decode"] = dict(self.decode)
+        data["warnings"] = list(self.warnings)
         return {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
 
     def to_json(self) -> str:

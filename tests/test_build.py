@@ -305,7 +305,8 @@ def test_manifest_input_with_missing_row(dataset, tmp_path):
     manifest.write_text("\n".join(rows) + "\n")
     try:
         result = run_job("--input", str(manifest), "--output", str(tmp_path / "out"),
-                         "--params", str(write_params(tmp_path, max_error_fraction=0.3)), cwd=tmp_path, in_process=True)
+                         "--params", str(write_params(tmp_path, max_error_fraction=0.3, split_salt="a")),  # train and val get a group
+                         cwd=tmp_path, in_process=True)  # fmt: skip
     finally:
         manifest.unlink()
     assert result.returncode == 0, result.stderr
