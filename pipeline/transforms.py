@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -164,6 +165,7 @@ class DecodeClips(beam.PTransform):
             | "SpreadVideos" >> beam.Reshuffle()
             | "Decode"
             >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes, self._threads))
+            .with_output_types(Any, **{ERRORS_TAG: Any, VIDEOS_TAG: Any})  # declared, so Beam does not warn
             .with_outputs(ERRORS_TAG, VIDEOS_TAG, main="clips")
             .with_exception_handling(dead_letter_tag=CRASHED_TAG)  # a bug or library failure on one video
         )
