@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -146,25 +144,26 @@ def sqlite_path(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Holds an exclusive lock on a sqlite store while its tables are created (no-op for other stores).
+    """Holds an exclusive lock on a sqlite store's file while its tables are created (no-op for other stores).
 
     MLflow creates and migrates a new sqlite store's tables on first use without a lock between
-    processes, so two stages starting at once on a new ``mlflow.db`` (parallel queue workers) would
-    both create them and one fails; its later writes wait for each other (MLflow sets
-    ``busy_timeout``). The lock file is in the temporary folder, keyed by the database path, so the
-    workspace gets no stray file.
+    processes, so stages starting at once on a new ``mlflow.db`` (parallel queue workers) would
+    all create them and fail ("table ... already exists"); their later writes wait for each other
+    (MLflow sets ``busy_timeout``). The lock is a ``flock`` on the database file itself (created
+    empty if missing, which SQLite takes as a new database), separate from SQLite's own
+    ``fcntl`` locks, so the workspace gets no extra file.
     """
     database = sqlite_path(uri)
     if database is None:
         yield
         return
-    key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
-    with open(os.path.join(tempfile.gettempdir(), f"vidseq-store-{key}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(database, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _artifact_location(uri: str) -> str | None:
