@@ -109,3 +109,59 @@ def test_summary_without_a_store_says_how_to_make_one_and_creates_nothing(tmp_pa
     assert summary.main(argv) == 0
     assert "Champion: none yet for vidseq-cnn-lstm: run `make demo` or `dvc repro`" in capsys.readouterr().out
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def artifact(server, run_id, path):
+    query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+    with urllib.request.urlopen(f"{server}/get-artifact?{query}", timeout=60) as r:
+        return r.read()
+
+
+def test_a_reviewer_sees_the_run_name_datasets_model_card_metrics_and_pictures(repo, server):
+    import io
+
+    from PIL import Image
+
+    path, _ = repo
+    champion = get(server, "registered-models/alias", name=MODEL, alias="champion")["model_version"]
+    run_ = get(server, "runs/get", run_id=champion["run_id"])["run"]
+    tags = {t["key"]: t["value"] for t in run_["data"]["tags"]}
+    sha = tags["mlflow.source.git.commit"]
+    assert run_["info"]["run_name"] == f"{sha[:7]}-demo-1"  # no dvc exp: <commit>-<videos folder>-<n>
+    experiment = get(server, "experiments/get", experiment_id=run_["info"]["experiment_id"])["experiment"]
+    assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+
+    inputs = {i["dataset"]["name"]: i for i in run_["inputs"]["dataset_inputs"]}
+    assert set(inputs) == {"demo-train", "demo-val", "demo-test"}
+    dataset = json.loads((path / "data" / "records" / "dataset.json").read_text())
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "evaluation")):
+        found = inputs[f"demo-{split}"]
+        assert {t["key"]: t["value"] for t in found["tags"]}["mlflow.data.context"] == context
+        assert found["dataset"]["digest"] == tags["vidseq.records.dvc_md5"]
+        assert json.loads(found["dataset"]["profile"])["clips"] == dataset["splits"][split]["clips"]
+
+    card = tags["mlflow.note.content"]
+    version = get(server, "model-versions/get", name=MODEL, version=champion["version"])["model_version"]
+    model = get(server, "registered-models/get", name=MODEL)["registered_model"]
+    assert version["description"] == card == model["description"]
+    reports = json.loads((path / "reports" / "metrics.json").read_text())
+    assert f"{reports['video_accuracy']:.4f}" in card and sha in card and "/invocations" in card
+    assert "vidseq.registry" not in {t["key"] for t in version.get("tags", [])}
+
+    model_id = version["source"].removeprefix("models:/")  # the version's logged model
+    logged = get(server, f"logged-models/{model_id}")["model"]
+    metrics = {m["key"]: m["value"] for m in logged["data"]["metrics"]}
+    assert metrics["test_video_accuracy"] == reports["video_accuracy"]
+    assert metrics["test_accuracy"] == reports["accuracy"]
+    history = get(server, "metrics/get-history", run_id=champion["run_id"], metric_key="test_accuracy")["metrics"]
+    assert len(history) == 1
+
+    for name, kind in (("evaluation/confusion_matrix.png", "PNG"), ("evaluation/test_clips.png", "PNG"),
+                       ("evaluation/test_clips.gif", "GIF")):  # fmt: skip
+        image = Image.open(io.BytesIO(artifact(server, champion["run_id"], name)))
+        assert image.format == kind and image.width > 100
+    table = json.loads(artifact(server, champion["run_id"], "evaluation/per_class_table.json"))
+    assert [row[0] for row in table["data"]] == dataset["classes"]
+    assert b"total parameters" in artifact(server, champion["run_id"], "training/model_summary.txt")
+    record = json.loads(artifact(server, champion["run_id"], f"registry/{MODEL}-v{champion['version']}.json"))
+    assert record["version"] == int(champion["version"])

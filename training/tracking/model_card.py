@@ -122,8 +122,8 @@ def _metrics_section(facts: Mapping[str, Any], per_class: bool) -> list[str]:
     split = facts["tags"].get("vidseq.evaluate.split", "test")
     size = ""
     if "clips" in metrics and "videos" in metrics:
-        size = f" ({int(metrics['clips'])} clips of {int(metrics['videos'])} videos)"
-    lines = [f"## Test metrics: {split} split{size}", "", "| metric | value |", "|---|---|"]
+        size = f": {int(metrics['clips'])} clips of {int(metrics['videos'])} videos"
+    lines = [f"## Test metrics ({split} split{size})", "", "| metric | value |", "|---|---|"]
     lines += [f"| {label} | {_number(metrics[key])} |" for key, label in HEADLINE if key in metrics]
     if per_class and any(f"f1_{name}" in metrics for name in spec.classes):
         lines += ["", "| class | precision | recall | F1 |", "|---|---|---|---|"]

@@ -121,7 +121,8 @@ def read_clips(records_dir: str, spec: DatasetSpec, split: str, rows: Sequence[P
 
 def _title(p: Prediction) -> tuple[str, str]:
     mark = "ok" if p.correct else "WRONG"
-    return f"{p.actual} -> {p.predicted}", f"{mark} {p.confidence:.2f} {os.path.basename(p.video_id)}"
+    stem = os.path.splitext(os.path.basename(p.video_id))[0]
+    return f"{p.actual} -> {p.predicted}", f"{mark} {p.confidence:.2f} {stem[-14:]}"  # the end tells videos apart
 
 
 def sheet(rows: Sequence[Prediction], clips: dict[int, np.ndarray], spec: DatasetSpec) -> Image.Image:
