@@ -104,11 +104,17 @@ def queued(tmp_path_factory):
     names = {"units-5": 5, "units-6": 6, "units-7": 7}
     for name, units in names.items():
         run([DVC, "exp", "run", "--queue", "-n", name, "-S", f"model.rnn_units={units}"], path, env)
+    log = path.parent / "queue-start.log"
     try:
-        run([DVC, "queue", "start", "-j", "2"], path, env)
+        with open(log, "wb") as out:  # the workers inherit these descriptors: a pipe would stay open until they exit
+            subprocess.run([DVC, "queue", "start", "-j", "2"], cwd=path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                           check=True, timeout=300)  # fmt: skip
+        assert "Started '2' new experiments task queue workers" in log.read_text(), log.read_text()
         status = wait_for_queue(path, env, list(names), timeout=1200)
     finally:
-        subprocess.run([DVC, "queue", "stop", "--kill"], cwd=path, env=env, capture_output=True, timeout=120)
+        with open(log, "ab") as out:
+            subprocess.run([DVC, "queue", "stop", "--kill"], cwd=path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                           timeout=120)  # fmt: skip
     return path, names, status
 
 
