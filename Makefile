@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo ui bench clean
+.PHONY: install test demo ui bench clean clean-all
 
 install: $(STAMP)
 
@@ -33,4 +33,8 @@ bench: install
 	$(BIN)/python benchmarks/train.py
 
 clean:
-	rm -rf data/records data/demo models reports mlruns mlflow.db  # never data/raw: your own videos may live there
+	rm -rf data/records data/demo models reports dvc_plots  # never data/raw: your own videos may live there
+
+# Also the MLflow store: the whole run history and model registry are deleted.
+clean-all: clean
+	rm -rf mlruns mlflow.db
