@@ -182,3 +182,27 @@ def test_the_readme_own_videos_steps_keep_the_videos_through_exp_run_checkout_pu
     shutil.rmtree(path / ".dvc" / "cache")
     dvc(repo, "pull", "data/raw.dvc")
     assert {p.relative_to(path): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+
+
+OFFLINE_PLOTS = ("models/training_curves.png", "reports/confusion_matrix.png")
+
+
+def test_the_image_plots_page_needs_no_network(repo, tmp_path):
+    path, env = repo
+    dvc(repo, "plots", "show", *OFFLINE_PLOTS, "-o", str(tmp_path / "plots"))  # README: dvc plots show, offline
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")  # nothing to fetch
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) == len(OFFLINE_PLOTS) and all((tmp_path / "plots" / i).read_bytes()[:4] == b"\x89PNG" for i in images)
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no chromium to render the page with")
+    shot = tmp_path / "shot.png"
+    run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=127.0.0.1:9",
+         "--host-resolver-rules=MAP * ~NOTFOUND", f"--screenshot={shot}", "--window-size=1000,900",
+         (tmp_path / "plots" / "index.html").as_uri()], tmp_path, env, timeout=120)  # fmt: skip
+    from PIL import Image
+
+    pixels = Image.open(shot).convert("L").getdata()
+    assert sum(p < 128 for p in pixels) > 2000  # axes, labels and curves drawn, not a blank page
