@@ -210,10 +210,15 @@ def sequential(
     stats: DecodeStats,
     limits: DecodeLimits = NO_LIMITS,
     skip: set[int] | frozenset[int] = frozenset(),
+    first_pts: int | None = None,
 ) -> Iterator[EncodedClip]:
     """The sequential loop: every frame once, in order; only served frames are converted.
 
     Clips whose index is in ``skip`` (already yielded by an abandoned seek pass) are not yielded again.
+
+    Raises:
+        SeekMismatch: ``first_pts`` is given (the container was sought back to its start rather
+            than opened again) and the first frame has another timestamp; raised before any clip.
     """
     container, stream = opened.container, opened.stream
     encoder = _encoder(stream, cfg)
@@ -235,6 +240,8 @@ def sequential(
                 limits.check_frames(count + 1)
                 limits.check_pixels(frame.width, frame.height)
                 pts = frame.pts
+                if first_pts is not None and count == 0 and pts != first_pts:
+                    raise SeekMismatch(f"the stream restarts at pts {pts}, not at its first frame {first_pts}")
                 if pts is None:
                     pts = held_pts + timing.step if held is not None else 0
                 if assembler is None:

@@ -190,8 +190,13 @@ def iter_clips(
                 log.info("%s: seeking did not find the frames the index promised (%s); decoding sequentially", name, exc)
                 stats.mode, stats.fell_back = "sequential", True
                 opened.reopen()
-        opened.rewind()
-        yield from decoding.sequential(opened, plans, cfg, deadline, timing, stats, limits, skip=done)
+        first_pts = opened.back_to_start()
+        try:
+            yield from decoding.sequential(opened, plans, cfg, deadline, timing, stats, limits, skip=done, first_pts=first_pts)
+        except decoding.SeekMismatch as exc:  # raised at the first frame, before any clip
+            log.debug("%s: %s; opening it again", name, exc)
+            opened.reopen()
+            yield from decoding.sequential(opened, plans, cfg, deadline, timing, stats, limits, skip=done)
 
 
 def iter_clip_arrays(
@@ -281,6 +286,26 @@ class _OpenVideo:
         """Makes the next demux start at the beginning (after the index pass read to the end)."""
         if self.at_end:
             self.reopen()
+
+    def back_to_start(self) -> int | None:
+        """Like :meth:`rewind`, by a seek to the first keyframe where the index has one (cheaper
+        than opening again: a file object's reads, the header's parsing).
+
+        Returns:
+            The pts the first frame must have (the caller checks it and opens again if not),
+            or None when the container was opened again or never left the start.
+        """
+        index = self.index
+        if not self.at_end or index is None or not index.seekable or not len(index) or not len(index.keyframes):
+            self.rewind()
+            return None
+        try:
+            self.container.seek(index.keyframes[0], stream=self.stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            self.reopen()
+            return None
+        self.at_end = False
+        return index.pts[0]
 
     def reopen(self) -> None:
         self.at_end = False

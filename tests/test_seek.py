@@ -122,3 +122,24 @@ def test_the_time_limit_holds_in_every_mode(cases, mode):
     with pytest.raises(video.VideoError) as info:
         list(video.iter_clips(cases["long_gop"], dataclasses.replace(CONFIGS["uniform"], decode=mode), timeout_s=1e-9))
     assert info.value.stage == "timeout"
+
+
+def test_sequential_decoding_after_the_index_pass_reuses_the_open_file(cases, monkeypatch):
+    opens = []
+    real_open = video._open_container
+    monkeypatch.setattr(video, "_open_container", lambda target: opens.append(target) or real_open(target))
+    cfg = CONFIGS["uniform"]
+    for name in ("bframes", "negative_start", "mjpeg", "vp9", "fragmented"):
+        opens.clear()
+        decode(cases[name], cfg, "sequential")
+        assert len(opens) == 1, f"{name}: opened {len(opens)} times"
+
+
+def test_a_restart_that_misses_the_first_frame_opens_the_file_again(cases, monkeypatch):
+    cfg = CONFIGS["uniform"]
+    expected, _ = decode(cases["bframes"], cfg, "sequential")
+    real, real_open, opens = video._OpenVideo.back_to_start, video._open_container, []
+    monkeypatch.setattr(video._OpenVideo, "back_to_start", lambda self: (real(self) or 0) + 1)  # a wrong promise
+    monkeypatch.setattr(video, "_open_container", lambda target: opens.append(target) or real_open(target))
+    got, _ = decode(cases["bframes"], cfg, "sequential")
+    assert got == expected and len(opens) == 2
