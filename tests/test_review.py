@@ -123,6 +123,9 @@ def test_the_logged_models_carry_the_evaluated_metrics(tracked):
         assert metrics["test_accuracy"] == expected["accuracy"]
         assert metrics["test_macro_f1"] == expected["macro_f1"]
         assert len([m for m in client.get_logged_model(model_id).metrics if m.key == "test_accuracy"]) == 1
+        assert {m.dataset_name for m in client.get_logged_model(model_id).metrics if m.key.startswith("test_")} == {
+            "demo-test"
+        }  # the model page's "Datasets used"
     # the run's test metrics are single values, not series
     assert len(client.get_metric_history(run_id, "test_video_accuracy")) == 1
     assert len(client.get_metric_history(run_id, "test_accuracy")) == 1

@@ -343,7 +343,7 @@ def register(
     records_dir = params.data.records_dir
     with runs.open_model_run(model_dir, params=params.as_dict(), config=mlflow_cfg, records_dir=records_dir) as run:
         run_id = run.info.run_id
-        runs.ensure_evaluation_logged(metrics_path, register_cfg.metric)
+        runs.ensure_evaluation_logged(metrics_path, register_cfg.metric, step=runs.evaluation_step(model_dir))
         names = model_logging.logged_model_names(run_id)
         if pyfunc.PYFUNC_MODEL in names:
             model_uri = f"models:/{names[pyfunc.PYFUNC_MODEL]}"

@@ -512,13 +512,14 @@ def read_metrics(metrics_path: str) -> dict[str, Any]:
     return data
 
 
-def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX) -> dict[str, float]:
+def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX, step: int = 0) -> dict[str, float]:
     """Logs every number of ``metrics.json`` as ``<prefix><key>`` and the evaluation reports.
 
     The reports next to ``metrics.json`` (:data:`EVALUATION_ARTIFACTS`) go under ``evaluation/``.
 
     Each metric is logged once, at its value (a metric already in the run with the same value is
-    not logged again: no one-value "series" from re-evaluations), at full precision: rounding
+    not logged again: no one-value "series" from re-evaluations), at ``step`` (:func:`evaluation_step`:
+    after the last epoch, so no logged model's step picks them up without their dataset), at full precision: rounding
     would change what the gate compared, and MLflow stores doubles either way. The values are
     then linked to the run's logged models (:func:`link_model_metrics`).
 
@@ -538,7 +539,7 @@ def log_evaluation(metrics_path: str, *, prefix: str = METRIC_PREFIX) -> dict[st
     new = {k: v for k, v in metrics.items() if logged.get(k) != v}
     if new:  # the client's log_batch: the fluent log_metrics would link them to models logged at step 0
         now = int(time.time() * 1000)
-        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in new.items()])
+        client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, step) for k, v in new.items()])
     link_model_metrics(run.info.run_id, prefix=prefix)
     folder = os.path.dirname(metrics_path)
     for name in EVALUATION_ARTIFACTS:
@@ -559,7 +560,9 @@ def link_model_metrics(run_id: str, *, prefix: str = METRIC_PREFIX) -> dict[str,
         ``{model name: metrics linked now}``.
     """
     client = mlflow.MlflowClient()
-    keys = [k for k in client.get_run(run_id).data.metrics if k.startswith(prefix)]
+    run = client.get_run(run_id)
+    keys = [k for k in run.data.metrics if k.startswith(prefix)]
+    evaluated = _evaluation_dataset(run)  # the model page then lists it under "Datasets used"
     latest = {}
     for key in keys:
         history = client.get_metric_history(run_id, key)
@@ -571,10 +574,20 @@ def link_model_metrics(run_id: str, *, prefix: str = METRIC_PREFIX) -> dict[str,
         missing = [m for k, m in latest.items() if have.get(k) != m.value]
         if missing:
             client.log_batch(run_id, metrics=[
-                Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id) for m in missing
+                Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id,
+                       dataset_name=evaluated[0], dataset_digest=evaluated[1])
+                for m in missing
             ])  # fmt: skip
         done[name] = len(missing)
     return done
+
+
+def _evaluation_dataset(run: Any) -> tuple[str | None, str | None]:
+    """``(name, digest)`` of the run's input in context ``evaluation``, or ``(None, None)``."""
+    for item in (run.inputs.dataset_inputs if run.inputs else None) or []:
+        if any(t.key == "mlflow.data.context" and t.value == datasets.CONTEXTS["test"] for t in item.tags):
+            return item.dataset.name, item.dataset.digest
+    return None, None
 
 
 # --------------------------------------------------------------------------- training outputs
@@ -621,6 +634,16 @@ def trained_step(model_dir: str) -> int:
         return 0
     with open(path, encoding="utf-8") as handle:
         return model_step(json.load(handle))
+
+
+def evaluation_step(model_dir: str) -> int:
+    """The step test metrics are logged at: one after the last epoch of ``history.json`` (0 without one)."""
+    path = os.path.join(model_dir, HISTORY_JSON)
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        epochs = (json.load(handle).get("history") or {}).get("epoch") or []
+    return int(epochs[-1]) + 1 if epochs else 0
 
 
 def model_step(saved_history: Mapping[str, Any]) -> int:
@@ -695,15 +718,16 @@ def track_evaluation(
         if params:
             log_params_once(params)
         mlflow.set_tag("vidseq.evaluate.split", split)
-        log_evaluation(metrics_path)
         spec = records.read_spec(model_dir)
-        if records_dir:
+        if records_dir:  # the evaluated split first: the metrics linked to the models name it
             tags = mlflow.MlflowClient().get_run(run_id).data.tags
             name = tags.get(naming.DATASET_TAG) or naming.dataset_name(records_dir)
             records_spec = records.read_spec(records_dir)
             same = os.path.normpath(tags.get("vidseq.records.path", "")) == os.path.normpath(records_dir)
             md5 = tags.get("vidseq.records.dvc_md5") if same else lineage.records_hash(records_dir)[0]
             datasets.log_records_inputs(records_dir, records_spec, (split,), name=name, digest=md5)
+        log_evaluation(metrics_path, step=evaluation_step(model_dir))
+        if records_dir:
             review.log_review(run_id, records_dir, os.path.dirname(metrics_path), records_spec, split)
         model_card.describe_run(run_id, spec)
         return run_id
@@ -741,7 +765,7 @@ def open_model_run(
         yield active
 
 
-def ensure_evaluation_logged(metrics_path: str, metric: str, *, prefix: str = METRIC_PREFIX) -> bool:
+def ensure_evaluation_logged(metrics_path: str, metric: str, *, prefix: str = METRIC_PREFIX, step: int = 0) -> bool:
     """Logs ``metrics.json`` into the active run unless its ``metric`` is already there, equal.
 
     Returns:
@@ -754,5 +778,5 @@ def ensure_evaluation_logged(metrics_path: str, metric: str, *, prefix: str = ME
     logged = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics.get(metric_key(prefix + metric))
     if value is not None and logged is not None and math.isclose(float(value), logged, rel_tol=1e-9, abs_tol=1e-12):
         return False
-    log_evaluation(metrics_path, prefix=prefix)
+    log_evaluation(metrics_path, prefix=prefix, step=step)
     return True
