@@ -233,3 +233,35 @@ def test_split_datasets_have_the_dvc_hash_as_digest(model_root):
     assert entity.digest == "ab" * 16 + ".dir" and entity.name == "demo-train"
     assert json.loads(entity.profile)["clips"] == spec.splits["train"]["clips"]
     assert os.path.isabs(json.loads(entity.source)["uri"].replace("file://", ""))
+
+
+def test_the_confusion_png_has_a_title_and_the_dvc_plot_axes(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import numpy as np
+
+    from training.metrics import confusion_title, plot_confusion
+
+    saved = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: saved.append(fig))
+    cm = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 4]])  # cm[actual, predicted]: one "a" clip predicted as "b"
+    title = confusion_title("clip", "test", 0.9, int(cm.sum()))
+    plot_confusion(cm, ["a", "b", "c"], str(tmp_path / "cm.png"), title=title)
+    ax = saved[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("actual", "predicted")  # as dvc.yaml: x actual, y predicted
+    assert ax.get_title() == title == "Confusion matrix: 10 test clips, clip accuracy 0.900"
+    drawn = np.asarray(ax.images[0].get_array())
+    assert drawn[1, 0] == 1  # row = predicted "b", column = actual "a"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+
+
+def test_the_animation_has_one_frame_per_time_step_at_the_records_fps(tmp_path):
+    import numpy as np
+
+    spec = records.DatasetSpec(sequence_length=4, height=8, width=8, channels=3, frame_encoding="png",
+                               classes=("A", "B"), sampling={"fps": 5.0})  # fmt: skip
+    rows = [review.Prediction(0, "v1", "A", "B", 0.9), review.Prediction(1, "v2", "B", "B", 0.8)]
+    clips = {i: np.full((4, 8, 8, 3), 40 * i, np.uint8) for i in range(2)}
+    frames = review.animation_frames(rows, clips, spec)
+    review.write_gif(frames, str(tmp_path / "a.gif"), 5.0)
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 4 and gif.info["duration"] == 200 and gif.info["loop"] == 0

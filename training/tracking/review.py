@@ -137,7 +137,7 @@ def animation_frames(rows: Sequence[Prediction], clips: dict[int, np.ndarray], s
     t, h, w = spec.sequence_length, spec.height * scale, max(spec.width * scale, 96)
     frames = []
     for step in range(t):
-        image = Image.new("RGB", (len(shown) * (w + 4) + 4, h + LABEL_HEIGHT + 4), (32, 32, 32))
+        image = Image.new("RGB", (len(shown) * (w + 4) + 4, h + LABEL_HEIGHT + 16), (32, 32, 32))
         draw = ImageDraw.Draw(image)
         for column, p in enumerate(shown):
             left = 4 + column * (w + 4)
@@ -146,7 +146,7 @@ def animation_frames(rows: Sequence[Prediction], clips: dict[int, np.ndarray], s
             draw.text((left, 12), ("-> " + p.predicted)[:16], fill=color)
             frame = Image.fromarray(clips[p.index][step]).resize((spec.width * scale, h), Image.NEAREST)
             image.paste(frame, (left, LABEL_HEIGHT))
-        draw.text((image.width - 40, 2), f"t={step}", fill=(160, 160, 160))
+        draw.text((4, LABEL_HEIGHT + h + 3), f"frame {step + 1}/{t}", fill=(160, 160, 160))
         frames.append(image)
     return frames
 
