@@ -289,6 +289,9 @@ def test_a_version_trained_on_other_classes_is_never_compared_with_the_champion(
     demo = registration(tracked_model, tmp_path, model_root, 0.6, name="one-dataset")
     classes = json.loads((tracked_model / "dataset.json").read_text())["classes"]
     assert demo["classes"] == classes and demo["decision"] == "promoted"
+    registered = json.loads((tmp_path / "reports" / "registered.json").read_text())  # register's DVC output
+    assert registered == {"model_name": "one-dataset", "classes": classes, "metric": "video_accuracy", "value": 0.6,
+                          "min_accuracy": 0.5}  # fmt: skip
 
     other = copy_model_dir(model_root, tmp_path / "other-dataset")  # same shapes, other class names
     spec = json.loads((other / "dataset.json").read_text())

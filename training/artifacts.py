@@ -33,7 +33,8 @@ PREDICTIONS_CSV = "predictions.csv"
 CONFUSION_CSV = "confusion_matrix.csv"
 CONFUSION_PNG = "confusion_matrix.png"
 PER_CLASS_CSV = "per_class.csv"
-REGISTRY_JSON = "registry.json"
+REGISTRY_JSON = "registry.json"  # the full record: run id, version, aliases (differs per store: no DVC output)
+REGISTERED_JSON = "registered.json"  # what was registered, the same on every machine: register's DVC output
 EVALUATION_ARTIFACTS = (METRICS_JSON, CONFUSION_PNG, CONFUSION_CSV, PER_CLASS_CSV)  # logged under evaluation/
 
 

@@ -30,6 +30,7 @@ import logging
 import os
 from typing import Any
 
+from training.artifacts import REGISTERED_JSON
 from vidseq.errors import VidseqError
 from vidseq.params import CHALLENGER, CHAMPION, MlflowConfig, Params, RegisterConfig
 
@@ -365,7 +366,20 @@ def register(
     with open(output_path, "w", encoding="utf-8") as handle:
         json.dump(record, handle, indent=2)
         handle.write("\n")
+    write_registered(record, os.path.join(os.path.dirname(output_path), REGISTERED_JSON))
     return record
+
+
+def write_registered(record: dict[str, Any], path: str) -> None:
+    """Writes what was registered, without what differs between stores (run id, version, decision).
+
+    The register stage's DVC output: missing in a fresh clone, so ``dvc repro`` registers there
+    too, and the same model and metrics give the same bytes, so ``dvc.lock`` stays as committed.
+    """
+    stable = {key: record[key] for key in ("model_name", "classes", "metric", "value", "min_accuracy")}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(stable, handle, indent=2)
+        handle.write("\n")
 
 
 def record_artifact(name: str, version: int | str) -> str:

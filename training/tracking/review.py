@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -183,7 +184,9 @@ def log_review(run_id: str, records_dir: str, reports_dir: str, spec: DatasetSpe
     per_class = os.path.join(reports_dir, PER_CLASS_CSV)
     table = f"{FOLDER}/{PER_CLASS_TABLE}"
     if os.path.exists(per_class) and not _has_artifact(run_id, table):
-        mlflow.log_table(per_class_table(per_class), table)
+        with warnings.catch_warnings():  # MLflow's select_dtypes("object") warns under pandas 3 about str columns
+            warnings.simplefilter("ignore")
+            mlflow.log_table(per_class_table(per_class), table)
         logged.append(table)
     predictions = os.path.join(reports_dir, PREDICTIONS_CSV)
     if not os.path.exists(predictions):
