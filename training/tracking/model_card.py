@@ -31,6 +31,7 @@ NOTE_TAG = "mlflow.note.content"  # the run description the MLflow UI shows and 
 MAX_CHARS = 5000  # registered model / version description column (mlflow model_registry dbmodels)
 ERRORS_SUMMARY = "preprocessing/errors_summary.json"
 SERVE_PORT = 5001
+RECORD_ARTIFACT = "registry/{name}-v{version}.json"  # a version's registry record in its run (training.tracking.registry)
 HEADLINE = (
     ("video_accuracy", "video accuracy (clip probabilities averaged per video)"),
     ("accuracy", "clip accuracy"),
@@ -173,14 +174,13 @@ def _data_section(facts: Mapping[str, Any], per_class: bool) -> list[str]:
 def _registry_section(record: Mapping[str, Any] | None) -> list[str]:
     if not record:
         return []
-    from training.tracking.registry import record_artifact
     aliases = ", ".join(f"`@{a}`" for a in record.get("aliases") or []) or "none"
     return [
         "## Registry decision",
         "",
         f"**{record['decision']}**: {record['reason']}. Aliases of v{record['version']}: {aliases}; "
         f"`{record['metric']}` {_number(record['value'])} (gate: `register.min_accuracy` {_number(record['min_accuracy'])}). "
-        f"The full record is the run's artifact `{record_artifact(record['model_name'], record['version'])}`.",
+        f"The full record is the run's artifact `{RECORD_ARTIFACT.format(name=record['model_name'], version=record['version'])}`.",
         "",
     ]
 

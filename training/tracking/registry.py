@@ -384,7 +384,9 @@ def write_registered(record: dict[str, Any], path: str) -> None:
 
 def record_artifact(name: str, version: int | str) -> str:
     """The run artifact holding the registry record of version ``version`` of ``name``."""
-    return f"registry/{name}-v{version}.json"
+    from training.tracking.model_card import RECORD_ARTIFACT
+
+    return RECORD_ARTIFACT.format(name=name, version=version)
 
 
 def describe_registration(record: dict[str, Any], spec: Any) -> str:
