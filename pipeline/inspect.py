@@ -1,8 +1,9 @@
 """Inspecting a records directory without TensorFlow: counts, contract checks, a contact sheet.
 
 ``python -m pipeline.inspect DIR [--contact-sheet sheet.png]`` reads every shard
-(``{split}-NNNNN-of-MMMMM.tfrecord[.gz]``) through Beam's ``FileSystems`` (local, gs://,
-s3://, gzip), parses each clip with :func:`pipeline.records.decode_clip` (tfrecord-lite) and
+(``{split}-NNNNN-of-MMMMM.tfrecord[.gz]``) through :mod:`pipeline.storage` (local, ``s3://``
+with the AWS variables, ``gs://`` with Google's default credentials; gzip), parses each clip
+with :func:`pipeline.records.decode_clip` (tfrecord-lite) and
 decodes each frame with Pillow. It prints, per split, the clips, videos, per-class counts
 and the clip shape and encoding found, summarises ``errors.jsonl``, and checks everything
 against ``dataset.json``: one line per problem and a non-zero exit code if anything is off.
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import records
+from pipeline import records, storage
 from pipeline.records import ContractError, DatasetSpec
 from pipeline.sheets import GAP, LABEL_WIDTH, labelled_sheet, sheet_size  # noqa: F401 - part of this tool's API
 from vidseq import cli
@@ -76,29 +77,22 @@ class Report:
 
 
 def read_records(path: str) -> Iterator[bytes]:
-    """Yields the records of one TFRecord file on any Beam filesystem (gzip by extension).
+    """Yields the records of one TFRecord file on any store (gzip by extension), CRC-checked.
 
     Raises:
-        ValueError: on a truncated record or a length/data CRC mismatch.
+        ValueError: on a truncated record, a length/data CRC mismatch or a broken gzip stream.
     """
-    from apache_beam.io.filesystems import FileSystems
-    from apache_beam.io.tfrecordio import _TFRecordUtil
-
-    with FileSystems.open(path) as handle:
-        while (record := _TFRecordUtil.read_record(handle)) is not None:
-            yield record
+    yield from storage.read_tfrecords(path)
 
 
 def find_shards(records_dir: str) -> dict[str, list[str]]:
     """Shard paths under ``records_dir`` by split, sorted; other files are ignored."""
-    from apache_beam.io.filesystems import FileSystems
-
-    pattern = FileSystems.join(records_dir, "*-of-*" + records.SHARD_SUFFIX + "*")
+    pattern = storage.join(records_dir, "*-of-*" + records.SHARD_SUFFIX + "*")
     found: dict[str, list[str]] = collections.defaultdict(list)
-    for metadata in FileSystems.match([pattern])[0].metadata_list:
-        match = SHARD_RE.match(_basename(metadata.path))
+    for path in storage.glob(pattern):
+        match = SHARD_RE.match(_basename(path))
         if match:
-            found[match["split"]].append(metadata.path)
+            found[match["split"]].append(path)
     return {split: sorted(paths) for split, paths in found.items()}
 
 
@@ -223,7 +217,7 @@ def inspect_records(records_dir: str, samples_per_class: int = 0) -> Report:
     """Reads and checks every record of ``records_dir``.
 
     Args:
-        records_dir: a records directory on any Beam filesystem.
+        records_dir: a records directory: local, ``s3://`` or ``gs://``.
         samples_per_class: clips of each class (from distinct videos) to keep for a contact sheet.
 
     Returns:
@@ -265,6 +259,8 @@ def _inspect_shard(
         for serialized in read_records(path):
             problems += _inspect_record(f"{name} #{count}", serialized, spec, summary, samples, samples_per_class)
             count += 1
+    except storage.StorageError:  # the store, not the shard: one line for the whole run
+        raise
     except (ValueError, OSError, EOFError, zlib.error) as exc:  # framing, CRC or gzip damage
         problems.append(f"{name}: record #{count} unreadable, rest of shard skipped: {exc}")
     return problems
@@ -336,13 +332,10 @@ def contact_sheet(
 
 
 def write_png(image: Image.Image, path: str) -> None:
-    """Writes ``image`` as PNG to a path on any Beam filesystem."""
-    from apache_beam.io.filesystems import FileSystems
-
+    """Writes ``image`` as PNG to a local path, ``s3://`` or ``gs://``."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    with FileSystems.create(path, mime_type="image/png") as handle:
-        handle.write(buffer.getvalue())
+    storage.write_bytes(path, buffer.getvalue(), content_type="image/png")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

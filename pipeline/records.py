@@ -358,8 +358,13 @@ def check_clip_shape(
 def read_text(records_dir: str, name: str) -> str | None:
     """A small text file beside the shards (``dataset.json``, ``errors.jsonl``), or None if absent.
 
-    Local paths use plain file access, so training and predict need no Beam import; other
-    paths (``gs://``, ``s3://``, ...) go through Beam's ``FileSystems``.
+    Local paths use plain file access; ``s3://`` and ``gs://`` go through :mod:`pipeline.storage`
+    (the AWS variables or a Beam job's ``--s3_*`` flags; Google's default credentials), so
+    training and predict need no Beam import.
+
+    Raises:
+        StorageError: one line naming the URL if the store cannot be read (no such bucket,
+            credentials refused, endpoint unreachable).
     """
     if "://" not in records_dir:
         path = os.path.join(records_dir, name)
@@ -367,25 +372,25 @@ def read_text(records_dir: str, name: str) -> str | None:
             return None
         with open(path, encoding="utf-8") as handle:
             return handle.read()
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline import storage
 
-    path = FileSystems.join(records_dir, name)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as handle:
-        return handle.read().decode("utf-8")
+    data = storage.read_bytes(storage.join(records_dir, name))
+    return None if data is None else data.decode("utf-8")
 
 
 def read_spec(records_dir: str) -> DatasetSpec:
-    """Reads ``dataset.json`` from a records directory on any Beam filesystem.
+    """Reads ``dataset.json`` from a records directory (local, ``s3://``, ``gs://``).
 
     Raises:
-        FileNotFoundError: naming the missing file and how to make it.
+        MissingFileError: naming the missing file and how to make it.
+        StorageError: if the store cannot be read (one line naming the URL).
     """
+    from vidseq.errors import MissingFileError
+
     text = read_text(records_dir, DATASET_JSON)
     path = f"{records_dir.rstrip('/')}/{DATASET_JSON}"
     if text is None:
-        raise FileNotFoundError(f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})")
+        raise MissingFileError(f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})")
     return DatasetSpec.from_json(text, source=path)
 
 

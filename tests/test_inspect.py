@@ -165,7 +165,7 @@ def test_corrupt_shard_is_reported(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert "PROBLEM: train-00000-of-00001.tfrecord: record #0 unreadable" in out
-    assert "Mismatch of data mask" in out
+    assert "corrupted record at 0 (data CRC mismatch)" in out
 
 
 def test_missing_dataset_json_is_one_line(tmp_path, capsys):

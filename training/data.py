@@ -13,6 +13,7 @@ finding and counting shards, and naming a damaged one, is :mod:`training.shards`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import tensorflow as tf
 from pipeline import records
 from pipeline.records import ContractError, DatasetSpec
 
-from training.shards import compression_type, shard_files
+from training.shards import record_dataset, shard_files
 from vidseq.params import AugmentConfig
 
 
@@ -98,6 +99,39 @@ def augment_clip(clip: tf.Tensor, cfg: AugmentConfig, seed: tf.Tensor) -> tf.Ten
 # --------------------------------------------------------------------------- datasets
 
 
+DECODED_CACHE_BUDGET = 1 << 30
+"""Bytes of decoded (uint8) clips that ``train.cache`` may keep in memory for one split: 1 GiB.
+
+A split whose decoded clips fit is cached decoded, as the demo is; a larger one never is (at
+UCF101's size, 13,320 videos x 3 clips of 16x112x112, decoded float32 clips would take about
+96 GB): its encoded records are cached in a file under the output folder instead, when they
+come from an object store, and are otherwise read from the local shards again each epoch.
+"""
+
+
+def decoded_bytes(spec: DatasetSpec, split: str) -> int:
+    """Bytes of one split's clips decoded to uint8 (what a decoded cache would hold)."""
+    t, h, w, c = spec.clip_shape
+    return int(spec.splits.get(split, {}).get("clips") or 0) * t * h * w * c
+
+
+def cache_plan(spec: DatasetSpec, split: str, records_dir: str, cache: bool, cache_dir: str | None = None) -> str:
+    """How ``train.cache`` caches a split: ``decoded`` (in memory), ``file`` (encoded, under ``cache_dir``) or ``none``.
+
+    ``decoded`` only when the split's decoded clips fit :data:`DECODED_CACHE_BUDGET` (a split
+    that ``dataset.json`` does not count is never cached decoded); ``file`` for records on an
+    object store when a ``cache_dir`` is given (the first epoch downloads, later ones read the
+    local file); else ``none``: local shards are read again each epoch, through the page cache.
+    """
+    if not cache:
+        return "none"
+    if 0 < decoded_bytes(spec, split) <= DECODED_CACHE_BUDGET:
+        return "decoded"
+    if cache_dir and "://" in records_dir:
+        return "file"
+    return "none"
+
+
 def make_dataset(
     records_dir: str,
     split: str,
@@ -109,23 +143,32 @@ def make_dataset(
     seed: int | None = None,
     shuffle_buffer: int = 1024,
     cache: bool = False,
+    cache_dir: str | None = None,
     with_video_id: bool = False,
     drop_remainder: bool = False,
+    shard: tuple[int, int] | None = None,
+    repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of clips from a split's shards.
 
     Args:
-        records_dir: the directory holding ``dataset.json`` and the shards.
+        records_dir: the directory holding ``dataset.json`` and the shards (local, ``gs://``, ``s3://``).
         split: ``train``, ``val`` or ``test``.
         spec: the records' :class:`DatasetSpec` (``read_spec(records_dir)``).
         batch_size: clips per batch.
         training: shuffle shards and clips (reshuffled each epoch) and apply ``augment``.
         augment: augmentations (training only); ``None`` for none.
         seed: seeds shuffling and augmentation.
-        shuffle_buffer: clips in the shuffle buffer.
-        cache: cache decoded uint8 clips in memory (before augmentation).
+        shuffle_buffer: clips in the shuffle buffer. Unless the split is cached decoded, the
+            buffer holds encoded records (a few KB a frame), decoded after shuffling.
+        cache: ``train.cache``, as :func:`cache_plan` decides it.
+        cache_dir: where a file cache of encoded records may go (the output folder's).
         with_video_id: yield ``(clips, labels, video_ids)`` for evaluation.
         drop_remainder: drop the last partial batch (makes the batch axis static).
+        shard: ``(workers, index)``: this worker's part of the split in a multi-worker run,
+            whole shard files (``files[index::workers]``) when there are at least as many files
+            as workers, else every ``workers``-th record of all of them.
+        repeat: repeat forever (a multi-worker run counts its steps itself).
 
     Returns:
         A dataset whose ``element_spec`` is ``((None, T, H, W, C) float32, (None,) int32)``
@@ -137,24 +180,38 @@ def make_dataset(
         EmptySplitError: if the split has no clips.
     """
     files = shard_files(records_dir, split, spec)
-    compression = compression_type(spec)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
-        cycle_length=min(len(files), 8),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.map(lambda x: parse_clip(x, spec), num_parallel_calls=AUTOTUNE)
+    by_record = None
+    if shard is not None and shard[0] > 1:
+        workers, index = shard
+        if len(files) >= workers:
+            files = files[index::workers]
+        else:
+            by_record = shard
+    ds = record_dataset(files, spec, shuffle=training, seed=seed)
+    if by_record is not None:
+        ds = ds.shard(*by_record)
+    plan = cache_plan(spec, split, records_dir, cache, cache_dir)
     counted = spec.splits.get(split, {}).get("clips")
-    if counted:  # a known length lets Keras show steps and size schedules
-        ds = ds.apply(tf.data.experimental.assert_cardinality(int(counted)))
-    if cache:
+    decode = lambda x: parse_clip(x, spec)  # noqa: E731
+    if plan == "decoded":  # small: decode once, keep the uint8 clips (the demo's pipeline)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+        if counted and shard is None:  # a known length lets Keras show steps and size schedules
+            ds = ds.apply(tf.data.experimental.assert_cardinality(int(counted)))
         ds = ds.cache()
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:  # any size: cache and shuffle encoded records, decode after
+        if counted and shard is None:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(int(counted)))
+        if plan == "file":
+            ds = ds.cache(_cache_file(cache_dir, split, shard))
+        if repeat:
+            ds = ds.repeat()
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
     if training and augment is not None and augment.enabled:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
@@ -168,6 +225,12 @@ def make_dataset(
     else:
         ds = ds.map(lambda ex: (ex["clip"], ex["label"]))
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def _cache_file(cache_dir: str | None, split: str, shard: tuple[int, int] | None) -> str:
+    os.makedirs(cache_dir or ".", exist_ok=True)
+    part = f"-worker{shard[1]}" if shard else ""
+    return os.path.join(cache_dir or ".", f"{split}{part}.records")
 
 
 def _to_float(clip: tf.Tensor) -> tf.Tensor:

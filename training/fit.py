@@ -6,6 +6,13 @@ validation), ``dataset.json`` (the spec it was trained on), ``history.json``, ``
 (one row per epoch, for ``dvc plots``) and ``training_curves.png``. A run that is killed
 resumes from its last completed epoch when started again with the same output folder (Keras
 ``BackupAndRestore``; the backup lives in ``OUTPUT/backup`` until training succeeds).
+
+Several workers train together when ``TF_CONFIG`` names more than one (the TensorFlow
+convention: every worker runs the same command with its own ``TF_CONFIG``), with
+``MultiWorkerMirroredStrategy``: each worker reads its own part of the splits (whole shard
+files, or every N-th record when there are fewer files than workers), only the chief writes
+into the output folder, the others write into a temporary folder that they remove, and an
+interrupted run resumes from the chief's backup when all workers are started again.
 The stage entry point is ``python -m training.train``; this module imports no MLflow.
 """
 
@@ -18,7 +25,9 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
+import warnings
 from typing import Any
 
 import keras
@@ -42,6 +51,8 @@ from training.shards import count_clips, reading_records
 from vidseq.errors import VidseqError
 from vidseq.params import ModelConfig, TrainConfig
 
+CACHE_DIR = "cache"  # OUTPUT/cache: train.cache's file cache of encoded records from an object store
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,6 +73,7 @@ class TrainResult:
         best_epoch: the (0-based) epoch whose weights were kept.
         seconds: wall time of this call's ``fit``.
         paths: ``{"model", "dataset", "history_json", "history_csv", "curves"}`` -> file.
+        workers: the workers that trained together (1 without ``TF_CONFIG``).
     """
 
     model: keras.Model
@@ -71,15 +83,127 @@ class TrainResult:
     best_epoch: int
     seconds: float
     paths: dict[str, str]
+    workers: Workers = dataclasses.field(default_factory=lambda: Workers())
 
 
-def select_strategy() -> tf.distribute.Strategy:
-    """``MirroredStrategy`` when several GPUs are visible, else the default strategy."""
+# --------------------------------------------------------------------------- workers
+
+
+@dataclasses.dataclass(frozen=True)
+class Workers:
+    """Who trains together, as ``TF_CONFIG`` says.
+
+    Attributes:
+        count: workers in the cluster (a ``chief`` task counts as one).
+        index: this worker's place, 0 to count - 1, the chief first.
+        chief: whether this worker writes the outputs (the ``chief`` task, else worker 0).
+        task: ``worker:1``, ``chief:0``; ``local`` without ``TF_CONFIG``.
+    """
+
+    count: int = 1
+    index: int = 0
+    chief: bool = True
+    task: str = "local"
+
+    @property
+    def several(self) -> bool:
+        return self.count > 1
+
+
+def workers_from_env(environ: Any = None) -> Workers:
+    """The workers that ``TF_CONFIG`` names; one (this process) when it is unset or names one.
+
+    Raises:
+        VidseqError: if ``TF_CONFIG`` is not JSON with ``cluster`` and ``task``, or names
+            parameter servers or an evaluator (only synchronous workers are supported).
+    """
+    raw = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
+    if not raw:
+        return Workers()
+    try:
+        config = json.loads(raw)
+        cluster, task = config.get("cluster") or {}, config.get("task") or {}
+        kind, number = str(task.get("type", "")), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise VidseqError(
+            f"TF_CONFIG is not a cluster description ({exc}): set it to "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
+        ) from None
+    other = sorted(set(cluster) - {"chief", "worker"})
+    if other or kind not in ("chief", "worker"):
+        raise VidseqError(
+            f"TF_CONFIG names {other or [kind]} tasks: training runs synchronous workers only "
+            "(MultiWorkerMirroredStrategy): give the cluster 'worker' (and at most one 'chief') entries"
+        )
+    chiefs, workers = list(cluster.get("chief") or []), list(cluster.get("worker") or [])
+    count = len(chiefs) + len(workers)
+    if kind == "chief":
+        return Workers(count, number, True, f"chief:{number}")
+    return Workers(count, len(chiefs) + number, not chiefs and number == 0, f"worker:{number}")
+
+
+def select_strategy(workers: Workers | None = None) -> tf.distribute.Strategy:
+    """``MultiWorkerMirroredStrategy`` for several workers, ``MirroredStrategy`` for several GPUs, else the default.
+
+    Create it before any other TensorFlow op: the workers' collectives are set up at start.
+    """
+    if workers is not None and workers.several:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _patch_keras_for_multi_worker()
+        logger.info(
+            "training on %d workers together (MultiWorkerMirroredStrategy, %d replicas); this is %s%s",
+            workers.count, strategy.num_replicas_in_sync, workers.task, " (chief)" if workers.chief else "",
+        )  # fmt: skip
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
         logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _patch_keras_for_multi_worker() -> None:
+    """Keras 3's reduction of a step's logs fails under MultiWorkerMirroredStrategy; reduce them across workers.
+
+    ``keras.src.backend.tensorflow.trainer.reduce_per_replica`` calls ``strategy.reduce("MEAN",
+    v, axis=0)`` on scalar logs (loss, accuracy), which TensorFlow rejects. Mean and sum become
+    ``axis=None`` reductions across all replicas, so every worker sees the same logs (and its
+    callbacks decide alike); ``concat`` (predict) is left to Keras.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as keras_trainer
+
+    original = getattr(keras_trainer.reduce_per_replica, "__wrapped__", keras_trainer.reduce_per_replica)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean", "sum") and keras_trainer._collective_all_reduce_multi_worker(strategy):
+            op = "SUM" if reduction == "sum" else "MEAN"
+            return tree.map_structure(lambda v: strategy.reduce(op, v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.__wrapped__ = original
+    keras_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _build_for_workers(model: keras.Model, spec: DatasetSpec, strategy: tf.distribute.Strategy) -> None:
+    """Builds the optimizer and metrics on a dummy batch inside the strategy, as Keras would on the first batch.
+
+    Keras 3 reduces the first distributed batch to build them (``_maybe_symbolic_build``), a
+    reduction of a nested batch that MultiWorkerMirroredStrategy rejects; built here, that
+    step is skipped.
+    """
+    clips = tf.zeros((1, *spec.clip_shape), tf.float32)
+    labels = tf.zeros((1,), tf.int32)
+    with strategy.scope():
+        model._symbolic_build(data_batch=(clips, labels))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+
+
+def _agree(strategy: tf.distribute.Strategy, value: int) -> bool:
+    """Whether every worker passes the same ``value`` (a collective: all workers must call it)."""
+    v = float(value)
+    total = strategy.reduce("SUM", tf.constant([v, v * v, 1.0]), axis=None).numpy()
+    return abs(total[2] * total[1] - total[0] ** 2) < 0.5
 
 
 def configure_mixed_precision(enabled: bool) -> bool:
@@ -141,40 +265,86 @@ def train(
         EmptySplitError: if the train or val split has no clips.
         ContractError: if the records do not fit the model.
         DamagedRecordsError: if a train or val shard is corrupt or truncated (names file and record).
+        StorageError: if the records' store cannot be read (one line naming the URL).
+
+    With several workers in ``TF_CONFIG`` every worker calls this with the same arguments; the
+    chief writes ``output_dir``, the others a temporary folder that they remove.
     """
+    workers = workers_from_env()
+    strategy = select_strategy(workers)  # first: the workers' collectives start before any other op
     keras.utils.set_random_seed(train_cfg.seed)
     tf.config.experimental.enable_op_determinism()  # same records + params -> the same model bytes (dvc.lock)
     spec = records.read_spec(records_dir)
     train_clips = count_clips(records_dir, "train", spec)
     count_clips(records_dir, "val", spec)
     steps_per_epoch = math.ceil(train_clips / train_cfg.batch_size)
-    paths = _output_paths(output_dir)
-    resuming = _can_resume(paths, {"model": model_cfg.as_dict(), "dataset": spec.to_dict()})
+    own_dir = output_dir if workers.chief else tempfile.mkdtemp(prefix=f"vidseq-{workers.task.replace(':', '')}-")
+    try:
+        result = _train(records_dir, output_dir, own_dir, spec, model_cfg, train_cfg, strategy, workers,
+                        train_clips, steps_per_epoch, verbose)  # fmt: skip
+    finally:
+        if not workers.chief:  # the chief's output folder is the run's; this worker leaves nothing behind
+            shutil.rmtree(own_dir, ignore_errors=True)
+    return result
+
+
+def _train(
+    records_dir: str, output_dir: str, own_dir: str, spec: DatasetSpec, model_cfg: ModelConfig,
+    train_cfg: TrainConfig, strategy: tf.distribute.Strategy, workers: Workers, train_clips: int,
+    steps_per_epoch: int, verbose: int | str,
+) -> TrainResult:  # fmt: skip
+    paths = _output_paths(own_dir)
+    fingerprint = {"model": model_cfg.as_dict(), "dataset": spec.to_dict()}
+    if workers.chief:
+        resuming = _can_resume(paths, fingerprint)
+    else:
+        resuming = _follow_chief(_output_paths(output_dir, create=False), paths, fingerprint)
     if not resuming:
         _remove(paths["history_csv"], paths["best_weights"])
     os.makedirs(os.path.dirname(paths["best_weights"]), exist_ok=True)
+    cache_dir = os.path.join(own_dir, CACHE_DIR)
+    shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache of an interrupted run may be partial
 
-    train_ds = make_dataset(
-        records_dir, "train", spec, train_cfg.batch_size, training=True, augment=train_cfg.augment,
-        seed=train_cfg.seed, shuffle_buffer=train_cfg.shuffle_buffer, cache=train_cfg.cache,
-    )  # fmt: skip
-    val_ds = make_dataset(records_dir, "val", spec, train_cfg.batch_size, cache=train_cfg.cache)
+    if workers.several:
+        if _agree(strategy, _backup_epoch(paths["backup"]) if resuming else -1) is False:
+            raise VidseqError(
+                f"the {workers.count} workers found different backups to resume in {output_dir}: the output "
+                "folder must be on storage that every worker shares (NFS, a mounted volume); or delete "
+                f"{paths['backup']} on every worker to start over"
+            )
+        train_ds, val_ds = _worker_datasets(records_dir, spec, train_cfg, strategy, cache_dir)
+    else:
+        train_ds = make_dataset(
+            records_dir, "train", spec, train_cfg.batch_size, training=True, augment=train_cfg.augment,
+            seed=train_cfg.seed, shuffle_buffer=train_cfg.shuffle_buffer, cache=train_cfg.cache, cache_dir=cache_dir,
+        )  # fmt: skip
+        val_ds = make_dataset(
+            records_dir, "val", spec, train_cfg.batch_size, cache=train_cfg.cache, cache_dir=cache_dir
+        )
 
     mixed = configure_mixed_precision(train_cfg.mixed_precision)
     try:
-        with select_strategy().scope():
+        with strategy.scope():
             model = compile_model(build_model(spec, model_cfg), train_cfg, steps_per_epoch)
-        check_compatible(model, train_ds, spec)
+        if workers.several:
+            check_compatible(model, spec, spec)
+            _build_for_workers(model, spec, strategy)
+        else:
+            check_compatible(model, train_ds, spec)
         first = _FirstEpoch()
         logger.info(
-            "training %s on %d clips (%d steps/epoch) of %s for up to %d epochs",
+            "training %s on %d clips (%d steps/epoch) of %s for up to %d epochs%s",
             model.name, train_clips, steps_per_epoch, spec.clip_shape, train_cfg.epochs,
+            f" on {workers.count} workers" if workers.several else "",
         )  # fmt: skip
         start = time.perf_counter()
-        with reading_records(records_dir, spec, "train", "val"):  # a damaged shard: one error naming it
+        with reading_records(records_dir, spec, "train", "val"), warnings.catch_warnings():  # damage: one error
+            if workers.several:  # validation ends where the workers' parts end: not a short dataset
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(
                 train_ds, validation_data=val_ds, epochs=train_cfg.epochs, verbose=verbose,
                 callbacks=[first, *make_callbacks(paths, train_cfg, resuming)],
+                steps_per_epoch=steps_per_epoch if workers.several else None,
                 shuffle=False,  # the dataset shuffles itself
             )  # fmt: skip
         seconds = time.perf_counter() - start
@@ -192,12 +362,79 @@ def train(
     initial_epoch = first.epoch if first.epoch is not None else len(history.get("epoch", []))
     result = TrainResult(model, spec, history, initial_epoch, _best_epoch(history, train_cfg.monitor), seconds, {
         k: paths[k] for k in ("model", "dataset", "history_json", "history_csv", "curves")
-    })  # fmt: skip
-    write_outputs(result, train_cfg.monitor)
+    }, workers)  # fmt: skip
+    write_outputs(result, train_cfg.monitor)  # every worker saves (a save may read synchronised variables)
     shutil.rmtree(os.path.dirname(paths["best_weights"]), ignore_errors=True)
+    shutil.rmtree(cache_dir, ignore_errors=True)
     _remove(paths["resume"])
-    logger.info("trained in %.1fs; best epoch %d; wrote %s", seconds, result.best_epoch + 1, output_dir)
+    if workers.several:
+        logger.info(
+            "%d workers trained together in %.1fs; best epoch %d; %s", workers.count, seconds, result.best_epoch + 1,
+            f"wrote {output_dir}" if workers.chief else f"{workers.task} wrote nothing (the chief writes {output_dir})",
+        )  # fmt: skip
+    else:
+        logger.info("trained in %.1fs; best epoch %d; wrote %s", seconds, result.best_epoch + 1, output_dir)
     return result
+
+
+def _worker_datasets(
+    records_dir: str, spec: DatasetSpec, cfg: TrainConfig, strategy: tf.distribute.Strategy, cache_dir: str
+) -> tuple[Any, Any]:
+    """This worker's parts of train (repeated: the steps are counted) and val, as distributed datasets.
+
+    Raises:
+        VidseqError: if ``train.batch_size`` does not split evenly over the replicas.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if cfg.batch_size % replicas:
+        raise VidseqError(
+            f"train.batch_size {cfg.batch_size} does not split over the {replicas} replicas of the workers: "
+            f"make it a multiple of {replicas}"
+        )
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded here
+
+    def train_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(
+            records_dir, "train", spec, context.get_per_replica_batch_size(cfg.batch_size), training=True,
+            augment=cfg.augment, seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, cache=cfg.cache,
+            cache_dir=cache_dir, shard=(context.num_input_pipelines, context.input_pipeline_id), repeat=True,
+        ).with_options(options)  # fmt: skip
+
+    def val_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = make_dataset(
+            records_dir, "val", spec, context.get_per_replica_batch_size(cfg.batch_size), cache=cfg.cache,
+            cache_dir=cache_dir, shard=(context.num_input_pipelines, context.input_pipeline_id),
+        )  # fmt: skip
+        # an unknown length: validation ends when every worker's part has ended (parts differ by a clip)
+        return ds.filter(lambda *_: True).with_options(options)
+
+    return strategy.distribute_datasets_from_function(train_fn), strategy.distribute_datasets_from_function(val_fn)
+
+
+def _follow_chief(chief: dict[str, str], paths: dict[str, str], fingerprint: dict[str, Any]) -> bool:
+    """A non-chief worker's resume: a copy of the chief's backup when it is of this model and data."""
+    backup = chief["backup"]
+    try:
+        with open(chief["resume"], encoding="utf-8") as handle:
+            same = json.load(handle) == json.loads(json.dumps(fingerprint))
+    except (OSError, ValueError):
+        same = False
+    if not (same and os.path.isdir(backup) and os.listdir(backup)):
+        return False
+    shutil.rmtree(paths["backup"], ignore_errors=True)
+    shutil.copytree(backup, paths["backup"])
+    logger.info("resuming from the chief's backup %s", backup)
+    return True
+
+
+def _backup_epoch(backup_dir: str) -> int:
+    """The epoch a Keras backup resumes at (-1 without one)."""
+    try:
+        with open(os.path.join(backup_dir, "training_metadata.json"), encoding="utf-8") as handle:
+            return int(json.load(handle)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def make_callbacks(paths: dict[str, str], cfg: TrainConfig, resuming: bool) -> list[keras.callbacks.Callback]:
@@ -242,8 +479,9 @@ def write_outputs(result: TrainResult, monitor: str) -> None:
     plot_history(result.history, result.paths["curves"])
 
 
-def _output_paths(output_dir: str) -> dict[str, str]:
-    os.makedirs(output_dir, exist_ok=True)
+def _output_paths(output_dir: str, create: bool = True) -> dict[str, str]:
+    if create:
+        os.makedirs(output_dir, exist_ok=True)
     join = lambda name: os.path.join(output_dir, name)  # noqa: E731
     return {
         "model": join(MODEL_FILE),

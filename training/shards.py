@@ -1,4 +1,8 @@
-"""Record shards: a split's files, its clip count, and the one error that names a damaged record.
+"""Record shards: a split's files, the records in them, its clip count, and the one error that names a damaged record.
+
+Shards are read where they lie: local folders and ``gs://`` by TensorFlow's own readers,
+``s3://`` (TensorFlow has no S3 filesystem) streamed through :mod:`pipeline.storage` into
+tf.data, CRC-checked the same way (:func:`record_dataset`).
 
 tf.data reads shards fast and, on damage, says only ``corrupted record at <offset>``. The
 stages read inside :func:`reading_records`: when TensorFlow reports data loss (or a split holds
@@ -10,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
-from pipeline import records
+from pipeline import records, storage
 from pipeline.records import DatasetSpec
 from vidseq.errors import VidseqError, WorkFailedError
 
@@ -34,19 +37,32 @@ class DamagedRecordsError(WorkFailedError, ValueError):
 # --------------------------------------------------------------------------- shards
 
 
+_TF_SCHEMES = ("", "file", "gs")  # read by TensorFlow itself; anything else streams through pipeline.storage
+
+
+def tensorflow_reads(path: str) -> bool:
+    """Whether TensorFlow's own file system reads ``path`` (local, ``gs://``); else it is streamed."""
+    return storage.scheme(path) in _TF_SCHEMES
+
+
 def shard_files(records_dir: str, split: str, spec: DatasetSpec) -> list[str]:
     """The shard files of ``split``, sorted.
 
     Raises:
         EmptySplitError: if ``dataset.json`` counts no clips for the split or no shard exists.
+        StorageError: if the store cannot be listed (one line naming the URL).
     """
-    pattern = os.path.join(records_dir, records.shard_pattern(split, spec.compressed))
-    files = sorted(tf.io.gfile.glob(pattern))
+    name = records.shard_pattern(split, spec.compressed)
+    pattern = storage.join(records_dir, name)
+    if not storage.is_remote(records_dir):
+        files = sorted(tf.io.gfile.glob(pattern))
+    else:
+        files = storage.glob(pattern)
     counted = spec.splits.get(split, {}).get("clips")
     if not files or counted == 0:
         raise EmptySplitError(
             f"split {split!r} has no clips in {records_dir} (dataset.json counts {counted}, "
-            f"{len(files)} shard file(s) match {os.path.basename(pattern)}): give preprocessing more videos "
+            f"{len(files)} shard file(s) match {name}): give preprocessing more videos "
             "or change preprocess.splits so every split gets some"
         )
     return files
@@ -59,7 +75,63 @@ def count_clips(records_dir: str, split: str, spec: DatasetSpec) -> int:
     if counted:
         return int(counted)
     with reading_records(records_dir, spec, split):
-        return int(sum(1 for _ in tf.data.TFRecordDataset(files, compression_type=compression_type(spec))))
+        return int(sum(1 for _ in record_dataset(files, spec)))
+
+
+def record_dataset(
+    files: Sequence[str], spec: DatasetSpec, *, shuffle: bool = False, seed: int | None = None
+) -> tf.data.Dataset:
+    """The serialised records of ``files``, up to 8 shards interleaved, in a fixed order for a given seed.
+
+    Local and ``gs://`` shards are read by ``TFRecordDataset``; other stores (``s3://``) are
+    streamed through :func:`pipeline.storage.read_tfrecords`, one Python generator per shard,
+    several in parallel. Either way a damaged record fails the read: iterate inside
+    :func:`reading_records`.
+
+    Args:
+        files: shard paths.
+        spec: the records' spec (compression).
+        shuffle: shuffle the file order (again each epoch).
+        seed: seeds that shuffle.
+    """
+    files = list(files)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    if all(tensorflow_reads(f) for f in files):
+        compression = compression_type(spec)
+        read = lambda path: tf.data.TFRecordDataset(path, compression_type=compression)  # noqa: E731
+    else:
+        read = lambda path: _streamed_shard(path, spec.compressed)  # noqa: E731
+    cycle = min(len(files), 8)
+    return ds.interleave(read, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+_READ_FAILED = "vidseq: reading a shard failed:"
+
+
+@tf.autograph.experimental.do_not_convert
+def _streamed_shard(path: tf.Tensor, compressed: bool) -> tf.data.Dataset:
+    """One shard's records through Python; a failure ends it with one error naming the shard."""
+
+    def generate(name: bytes):
+        url = name.decode("utf-8")
+        try:
+            for record in storage.read_tfrecords(url, compressed):
+                yield record, b""
+        except (storage.RecordError, storage.StorageError) as exc:
+            kind = "damaged" if isinstance(exc, storage.RecordError) else "storage"
+            yield b"", f"{kind}|{url}: {exc}".encode("utf-8")
+
+    signature = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.string))
+    ds = tf.data.Dataset.from_generator(generate, args=(path,), output_signature=signature)
+    return ds.map(_raise_problem)
+
+
+def _raise_problem(record: tf.Tensor, problem: tf.Tensor) -> tf.Tensor:
+    check = tf.debugging.Assert(tf.equal(tf.strings.length(problem), 0), [_READ_FAILED, problem])
+    with tf.control_dependencies([check]):
+        return tf.identity(record)
 
 
 def compression_type(spec: DatasetSpec) -> str:
@@ -73,7 +145,7 @@ _TF_DAMAGE = re.compile(r"(corrupted|truncated) record at \d+|inflate\(\) failed
 
 
 def scan_shard(path: str, compressed: bool = False) -> tuple[int, str | None]:
-    """Reads one shard to its end with TensorFlow's CRC-checking reader.
+    """Reads one shard to its end with a CRC-checking reader (TensorFlow's; :mod:`pipeline.storage`'s if streamed).
 
     Returns:
         ``(records read, damage)``: ``damage`` is ``None`` if the whole file reads, else where
@@ -84,22 +156,33 @@ def scan_shard(path: str, compressed: bool = False) -> tuple[int, str | None]:
         stream of a gzip shard).
     """
     index = offset = 0
+    if not tensorflow_reads(path):
+        try:
+            for record in storage.read_tfrecords(path, compressed):
+                index += 1
+                offset += len(record) + _FRAMING_BYTES
+        except storage.RecordError as exc:
+            return index, _damage(index, offset, compressed, str(exc))
+        return index, None
     lengths = tf.data.TFRecordDataset(path, compression_type="GZIP" if compressed else "").map(tf.strings.length)
     try:
         for length in lengths.as_numpy_iterator():
             index += 1
             offset += int(length) + _FRAMING_BYTES
     except tf.errors.DataLossError as exc:
-        where = f"record #{index} at byte {offset}{' of the decompressed stream' if compressed else ''}"
-        message = (exc.message or "").strip()
-        found = _TF_DAMAGE.search(message)
-        kind = found.group(0).strip() if found else (message.splitlines() or ["unknown data loss"])[0]
-        if kind.startswith("corrupted"):
-            return index, f"{where} is corrupted (CRC mismatch)"
-        if kind.startswith("truncated"):
-            return index, f"{where} is truncated (the file ends inside it)"
-        return index, f"{where}: the {'gzip stream is broken' if compressed else 'record is unreadable'} ({kind})"
+        return index, _damage(index, offset, compressed, (exc.message or "").strip())
     return index, None
+
+
+def _damage(index: int, offset: int, compressed: bool, message: str) -> str:
+    where = f"record #{index} at byte {offset}{' of the decompressed stream' if compressed else ''}"
+    found = _TF_DAMAGE.search(message)
+    kind = found.group(0).strip() if found else (message.splitlines() or ["unknown data loss"])[0]
+    if kind.startswith("corrupted"):
+        return f"{where} is corrupted (CRC mismatch)"
+    if kind.startswith("truncated"):
+        return f"{where} is truncated (the file ends inside it)"
+    return f"{where}: the {'gzip stream is broken' if compressed else 'record is unreadable'} ({kind})"
 
 
 def damage_error(records_dir: str, spec: DatasetSpec, splits: Sequence[str]) -> DamagedRecordsError | None:
@@ -149,6 +232,17 @@ def reading_records(records_dir: str, spec: DatasetSpec, *splits: str) -> Iterat
     """
     try:
         yield
+    except tf.errors.InvalidArgumentError as exc:  # a streamed shard (pipeline.storage) that failed
+        if _READ_FAILED not in (exc.message or ""):
+            raise
+        kind, problem = _read_problem(exc)
+        if kind == "storage":
+            raise storage.StorageError(problem.split(": ", 1)[-1]) from None
+        error = damage_error(records_dir, spec, splits) or DamagedRecordsError(
+            f"reading the {'/'.join(splits)} shards of {records_dir} failed ({problem}) but they read "
+            f"fine again: run the command again, or {_fix(records_dir)}"
+        )
+        raise error from None
     except (tf.errors.DataLossError, tf.errors.FailedPreconditionError) as exc:
         error = damage_error(records_dir, spec, splits)
         if error is None and isinstance(exc, tf.errors.DataLossError):  # e.g. a remote read that failed once
@@ -160,6 +254,14 @@ def reading_records(records_dir: str, spec: DatasetSpec, *splits: str) -> Iterat
             raise
         logger.debug("TensorFlow reported: %s", exc.message)
         raise error from None
+
+
+def _read_problem(exc: tf.errors.OpError) -> tuple[str, str]:
+    """``(damaged|storage, "URL: what")`` from the assertion that ended a streamed shard."""
+    text = _tf_message(exc).split(_READ_FAILED, 1)[1].strip().lstrip("]").strip().lstrip("[")
+    text = text[: text.rfind("]")] if "]" in text else text
+    kind, _, problem = text.partition("|")
+    return kind, problem.strip()
 
 
 def _tf_message(exc: tf.errors.OpError) -> str:

@@ -2,6 +2,10 @@
 
 ``python -m training.train --records DIR --output DIR [--params params.yaml] [--summary] [--no-track]``
 
+Records may be local, on ``s3://`` (the AWS variables) or ``gs://`` (Google's default credentials).
+With a ``TF_CONFIG`` that names several workers, every worker runs this same command and they
+train together (MultiWorkerMirroredStrategy); only the chief writes ``--output`` and logs to MLflow.
+
 Composes the Keras core (:func:`training.fit.train`: model, history, curves and resume in the
 output folder) with MLflow tracking (:func:`training.tracking.runs.track_training`: starts the
 run that evaluate and register continue; its id goes to ``OUTPUT/mlflow_run.json``).
@@ -40,6 +44,10 @@ def _run(argv: list[str] | None) -> None:
     from training.fit import train
 
     result = train(records_dir, args.output, params.model, params.train, verbose=args.verbose)
+    if not result.workers.chief:  # TF_CONFIG: the chief wrote the model and logs the run
+        workers = result.workers
+        print(f"{workers.task} of {workers.count} workers: trained with the chief, which wrote {args.output}")
+        return
     if args.track:
         from training.tracking import runs
 
