@@ -207,10 +207,10 @@ def long_videos(work: Path, args, cores: int) -> None:
     half = subset(videos[:2], full, work / "long_half")
     # the default sampling; splits drawn so that two videos fill train and val (the job needs both)
     params = params_with(args.params, work, **two_split_params([half, full]))
-    frames, pool_full, pool_full_cpu = decode_pool(videos, cores, 1)
-    frames_half, pool_half, pool_half_cpu = decode_pool(videos[:2], cores, 1)
-    t_half = measure(job_args(half, work / "out_long_half", params), args.repeat)
-    t_full = measure(job_args(full, work / "out_long_full", params), args.repeat)
+    frames, pool_full, pool_full_cpu = decode_pool(videos, cores, args.long_repeat)
+    frames_half, pool_half, pool_half_cpu = decode_pool(videos[:2], cores, args.long_repeat)
+    t_half = measure(job_args(half, work / "out_long_half", params), args.long_repeat)
+    t_full = measure(job_args(full, work / "out_long_full", params), args.long_repeat)
     pool_marginal = pool_full - pool_half
     job_marginal = t_full["wall_s"] - t_half["wall_s"]
     print(f"  pool of {cores} decode-all processes: 2 videos {pool_half:.2f} s, 4 videos {pool_full:.2f} s "
@@ -248,6 +248,8 @@ def main() -> int:
     parser.add_argument("--videos", type=int, default=96, help="V short videos (the job also runs on 2V)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each short measurement; the fastest counts")
     parser.add_argument("--long-minutes", type=float, default=5.0)
+    parser.add_argument("--long-repeat", type=int, default=5,
+                        help="runs of each long measurement (the job's share is small next to its start-up)")
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--skip-short", action="store_true")
     parser.add_argument("--skip-long", action="store_true")
