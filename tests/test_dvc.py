@@ -127,15 +127,17 @@ NOISE = (
 )  # fmt: skip
 
 
-def test_a_forced_rerun_reproduces_dvc_lock_and_metrics_exactly_and_prints_no_noise(repo):
-    path, env = repo
-    quiet = {k: v for k, v in env.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user runs it
-    done = run([DVC, "repro", "--force", "--no-run-cache"], path, quiet, timeout=600)
+def test_a_fresh_clone_reproduces_dvc_lock_and_metrics_exactly_and_prints_no_noise(repo, tmp_path_factory, tmp_path):
+    path = copy_pipeline_repo(tmp_path_factory, tmp_path / "clone")  # another folder, as a clone is
+    for name in (".dvc/cache", "data/demo", "data/records", "models", "reports", "dvc_plots"):
+        shutil.rmtree(path / name, ignore_errors=True)  # only what git holds, as after git clone
+    env = {k: v for k, v in tool_env(f"sqlite:///{tmp_path / 'mlflow.db'}").items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = run([DVC, "repro"], path, env, timeout=600)  # a user's first run: a new store, nothing cached
     assert ran(done.stdout) == STAGES
     lines = (done.stdout + done.stderr).splitlines()
     assert [x for x in lines if any(n in x for n in NOISE)] == []
-    assert run(["git", "status", "--porcelain", "dvc.lock"], path, env).stdout == ""  # every hash as committed
-    assert "No changes" in dvc(repo, "metrics", "diff", "HEAD") or dvc(repo, "metrics", "diff", "HEAD").strip() == ""
+    assert run(["git", "status", "--porcelain"], path, env).stdout == ""  # dvc.lock: every hash as committed
+    assert dvc((path, env), "metrics", "diff", "HEAD").strip() in ("", "No changes.")
 
 
 OWN_CLASSES = {"Horizontal": ("MoveLeft", "MoveRight"), "Vertical": ("MoveUp", "MoveDown"), "Zoom": ("ZoomIn", "ZoomOut")}
@@ -204,5 +206,5 @@ def test_the_image_plots_page_needs_no_network(repo, tmp_path):
          (tmp_path / "plots" / "index.html").as_uri()], tmp_path, env, timeout=120)  # fmt: skip
     from PIL import Image
 
-    pixels = Image.open(shot).convert("L").getdata()
-    assert sum(p < 128 for p in pixels) > 2000  # axes, labels and curves drawn, not a blank page
+    dark = sum(Image.open(shot).convert("L").histogram()[:128])
+    assert dark > 2000  # axes, labels and curves drawn, not a blank page
