@@ -32,6 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/preprocess.py
 	$(BIN)/python benchmarks/train.py
 
+# Pipeline outputs only: the MLflow store (mlflow.db, mlruns/: every run and registered model) is kept.
 clean:
 	rm -rf data/records data/demo models reports dvc_plots  # never data/raw: your own videos may live there
 
