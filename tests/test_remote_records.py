@@ -102,7 +102,7 @@ def test_preprocess_to_s3_then_train_evaluate_and_inspect_from_it(moto, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]  # the AWS variables alone, no --s3_* flags
 
     done = _stage("training.train", ["--records", url, "--output", str(tmp_path / "models"), "--params", str(params),
-                                     "--no-track", "--verbose", "0"], moto, tmp_path)  # fmt: skip
+                                     "--verbose", "0"], moto, tmp_path)  # tracked: the run's dataset inputs read S3 too
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best epoch" in done.stdout
     model_spec = records.read_spec(str(tmp_path / "models"))

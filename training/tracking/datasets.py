@@ -43,14 +43,14 @@ def split_counts(records_dir: str, spec: DatasetSpec, split: str) -> dict[str, A
     """
     import tensorflow as tf
 
-    from training.shards import compression_type, reading_records, shard_files
+    from training.shards import reading_records, record_dataset, shard_files
 
     features = {
         records.LABEL: tf.io.FixedLenFeature([], tf.int64),
         records.VIDEO_ID: tf.io.FixedLenFeature([], tf.string),
     }
     files = shard_files(records_dir, split, spec)
-    ds = tf.data.TFRecordDataset(files, compression_type=compression_type(spec)).batch(1024)
+    ds = record_dataset(files, spec).batch(1024)  # local, gs:// and s3:// alike
     clips: collections.Counter[int] = collections.Counter()
     videos: dict[int, set[str]] = collections.defaultdict(set)
     with reading_records(records_dir, spec, split):
