@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,27 @@ def measure(args: list[str], repeat: int = 1) -> dict:
         runs.append(result)
     return {"wall_s": min(r["wall_s"] for r in runs), "cpu_s": min(r["cpu_s"] for r in runs),
             "max_rss_mb": max(r["max_rss_mb"] for r in runs), "stdout": runs[-1]["stdout"].strip()}  # fmt: skip
+
+
+def interleaved(first: Callable[[], dict], second: Callable[[], dict], repeat: int) -> tuple[dict, dict]:
+    """Runs ``first`` and ``second`` alternately ``repeat`` times; the fastest run of each (wall and CPU apart).
+
+    Alternating keeps a change in the machine's load from favouring one side of a marginal.
+    """
+    runs: tuple[list[dict], list[dict]] = ([], [])
+    for _ in range(repeat):
+        runs[0].append(first())
+        runs[1].append(second())
+    return tuple(  # type: ignore[return-value]
+        {**side[-1], "wall_s": min(r["wall_s"] for r in side), "cpu_s": min(r["cpu_s"] for r in side),
+         "max_rss_mb": max(r["max_rss_mb"] for r in side)}
+        for side in runs
+    )  # fmt: skip
+
+
+def pool_run(paths: list[Path], workers: int) -> dict:
+    frames, wall, cpu = decode_pool(paths, workers, 1)
+    return {"frames": frames, "wall_s": wall, "cpu_s": cpu, "max_rss_mb": 0.0}
 
 
 def decode_pool(paths: list[Path], workers: int, repeat: int) -> tuple[int, float, float]:
@@ -177,11 +199,15 @@ def short_videos(work: Path, args, cores: int) -> None:
     videos = make_videos(full, 2 * v, 8.0, 320, 240)
     half = subset(videos[:v], full, work / "short_half")
     decode_pool(videos, cores, 1)  # warm-up: page cache, imports
-    frames, pool_full, pool_full_cpu = decode_pool(videos, cores, args.repeat)
-    frames_half, pool_half, pool_half_cpu = decode_pool(videos[:v], cores, args.repeat)
+    p_half, p_full = interleaved(lambda: pool_run(videos[:v], cores), lambda: pool_run(videos, cores), args.repeat)
+    frames, pool_full, pool_full_cpu = p_full["frames"], p_full["wall_s"], p_full["cpu_s"]
+    frames_half, pool_half, pool_half_cpu = p_half["frames"], p_half["wall_s"], p_half["cpu_s"]
     pool_fps = (frames - frames_half) / (pool_full - pool_half)
-    t_half = measure(job_args(half, work / "out_short_half", args.params), args.repeat)
-    t_full = measure(job_args(full, work / "out_short_full", args.params), args.repeat)
+    t_half, t_full = interleaved(
+        lambda: measure(job_args(half, work / "out_short_half", args.params)),
+        lambda: measure(job_args(full, work / "out_short_full", args.params)),
+        args.repeat,
+    )
     marginal = t_full["wall_s"] - t_half["wall_s"]
     job_fps = (frames - frames_half) / marginal
     cpu_ratio = (pool_full_cpu - pool_half_cpu) / (t_full["cpu_s"] - t_half["cpu_s"])
@@ -207,10 +233,14 @@ def long_videos(work: Path, args, cores: int) -> None:
     half = subset(videos[:2], full, work / "long_half")
     # the default sampling; splits drawn so that two videos fill train and val (the job needs both)
     params = params_with(args.params, work, **two_split_params([half, full]))
-    frames, pool_full, pool_full_cpu = decode_pool(videos, cores, args.long_repeat)
-    frames_half, pool_half, pool_half_cpu = decode_pool(videos[:2], cores, args.long_repeat)
-    t_half = measure(job_args(half, work / "out_long_half", params), args.long_repeat)
-    t_full = measure(job_args(full, work / "out_long_full", params), args.long_repeat)
+    p_half, p_full = interleaved(lambda: pool_run(videos[:2], cores), lambda: pool_run(videos, cores), args.long_repeat)
+    frames, pool_full, pool_full_cpu = p_full["frames"], p_full["wall_s"], p_full["cpu_s"]
+    pool_half, pool_half_cpu = p_half["wall_s"], p_half["cpu_s"]
+    t_half, t_full = interleaved(
+        lambda: measure(job_args(half, work / "out_long_half", params)),
+        lambda: measure(job_args(full, work / "out_long_full", params)),
+        args.long_repeat,
+    )
     pool_marginal = pool_full - pool_half
     job_marginal = t_full["wall_s"] - t_half["wall_s"]
     print(f"  pool of {cores} decode-all processes: 2 videos {pool_half:.2f} s, 4 videos {pool_full:.2f} s "
