@@ -303,7 +303,9 @@ class TrainConfig:
         weight_decay: Adam's decoupled weight decay (0: none).
         seed: seeds Keras, TensorFlow, NumPy and the data order.
         shuffle_buffer: clips in the shuffle buffer.
-        cache: keep decoded clips in memory after the first epoch.
+        cache: after the first epoch, keep a split's decoded clips in memory when they fit
+            ``training.data.DECODED_CACHE_BUDGET`` (1 GiB), else the encoded records of remote
+            shards in a file cache under the output folder (:func:`training.data.cache_plan`).
         monitor: the validation metric for early stopping and the best checkpoint.
         early_stopping_patience: epochs without improvement before stopping (0: never stop).
         mixed_precision: ``mixed_float16`` on GPUs; ignored with a warning on CPU.
