@@ -165,3 +165,15 @@ def test_a_reviewer_sees_the_run_name_datasets_model_card_metrics_and_pictures(r
     assert b"total parameters" in artifact(server, champion["run_id"], "training/model_summary.txt")
     record = json.loads(artifact(server, champion["run_id"], f"registry/{MODEL}-v{champion['version']}.json"))
     assert record["version"] == int(champion["version"])
+
+
+def test_summary_with_a_tracking_server_points_at_the_server_not_at_make_ui(monkeypatch):
+    from training import summary
+    from vidseq.params import MlflowConfig, RegisterConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    lines = summary.summary_lines(RegisterConfig(), MlflowConfig(), None, None, None)
+    assert lines[1] == "  browse: open http://mlflow.example:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    assert "make ui" in summary.summary_lines(RegisterConfig(), MlflowConfig(), None, None, None)[1]
+

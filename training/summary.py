@@ -81,11 +81,17 @@ def summary_lines(
     from training.tracking.runs import tracking_uri
 
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        browse = f"  browse: open {uri}"
+    else:
+        browse = (
+            f"  browse: make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}), "
+            f"then open http://127.0.0.1:{UI_PORT}"
+        )
     lines = [
         f"MLflow: runs of experiment {mlflow_cfg.experiment_name!r} and the registry are in {uri}",
-        f"  browse: make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}), "
-        f"then open http://127.0.0.1:{UI_PORT}",
-        "DVC: dvc metrics show | dvc metrics diff | dvc plots show | dvc exp show",
+        browse,
+        "DVC: dvc metrics show | dvc metrics diff | dvc plots show | dvc exp show --only-changed",
     ]
     if metrics:
         numbers = [(label, metrics[key]) for key, label in _HEADLINE if isinstance(metrics.get(key), (int, float))]
