@@ -80,7 +80,7 @@ class PreprocessConfig:
     splits: Mapping[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.6, "val": 0.15, "test": 0.25}
     )
-    split_salt: str = "vidseq"
+    split_salt: str = "vidseq-1"
     shard_size_mb: float = 64.0
     compression: Literal["none", "gzip"] = "none"
     max_error_fraction: float = 0.1
