@@ -132,7 +132,8 @@ def test_predict_answers_from_the_servers_champion(server, pipeline):
 
 
 def test_make_ui_with_a_server_says_the_server_is_the_ui():
-    done = subprocess.run(["make", "-o", ".venv/.installed", "ui"], cwd=REPO, capture_output=True, text=True,
+    done = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "ui"], cwd=REPO,
+                          capture_output=True, text=True,
                           timeout=60, env={**os.environ, "MLFLOW_TRACKING_URI": "http://mlflow.example:5000"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "The tracking server serves the UI: open http://mlflow.example:5000"
