@@ -28,7 +28,7 @@ from PIL import Image
 
 from pipeline import records, storage
 from pipeline.records import ContractError, DatasetSpec
-from pipeline.sheets import GAP, LABEL_WIDTH, labelled_sheet, sheet_size  # noqa: F401 - part of this tool's API
+from pipeline.sheets import labelled_sheet
 from vidseq import cli
 
 LOGGER = logging.getLogger(__name__)

@@ -106,20 +106,28 @@ def read_bytes(url: str) -> bytes | None:
         return handle.read()
 
 
+def _s3_head(url: str, *, missing_ok: bool = False) -> dict | None:
+    """The object's ``head_object`` answer; ``None`` for a missing object with ``missing_ok`` (its bucket checked).
+
+    Raises:
+        StorageError (via :func:`s3_error`): one line naming ``url`` for any other failure.
+    """
+    bucket, key = split_s3(url)
+    try:
+        return _s3().head_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # noqa: BLE001 - botocore raises ClientError and connection errors alike
+        if missing_ok and _s3_code(exc) in ("NoSuchKey", "404"):
+            _check_bucket(url)
+            return None
+        raise s3_error(url, exc) from None
+
+
 def exists(url: str) -> bool:
     kind = backend(url)
     if kind == "local":
         return os.path.exists(url)
     if kind == "s3":
-        bucket, key = split_s3(url)
-        try:
-            _s3().head_object(Bucket=bucket, Key=key)
-            return True
-        except Exception as exc:  # noqa: BLE001
-            if _s3_code(exc) in ("NoSuchKey", "404"):
-                _check_bucket(url)
-                return False
-            raise s3_error(url, exc) from None
+        return _s3_head(url, missing_ok=True) is not None
     if kind == "beam":
         return _beam().exists(url)
     return _guard(url, lambda: _tf().io.gfile.exists(url))
@@ -155,11 +163,7 @@ def size(url: str) -> int:
     if kind == "local":
         return os.path.getsize(url)
     if kind == "s3":
-        bucket, key = split_s3(url)
-        try:
-            return int(_s3().head_object(Bucket=bucket, Key=key)["ContentLength"])
-        except Exception as exc:  # noqa: BLE001
-            raise s3_error(url, exc) from None
+        return int(_s3_head(url)["ContentLength"])
     if kind == "beam":
         return int(_beam().match([url])[0].metadata_list[0].size_in_bytes)
     return int(_guard(url, lambda: _tf().io.gfile.stat(url).length))

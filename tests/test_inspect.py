@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline import inspect as insp
-from pipeline import records
+from pipeline import records, sheets
 
 CLASSES = ("MoveLeft", "MoveRight", "ZoomIn")
 T, H, W = 4, 12, 16
@@ -183,10 +183,10 @@ def test_contact_sheet_is_a_png_of_the_expected_size(tmp_path, capsys):
     # two clips of distinct videos exist for MoveLeft (train + val), MoveRight (train + test), ZoomIn
     image = Image.open(sheet)
     assert image.format == "PNG"
-    assert image.size == insp.sheet_size(6, T, H, W, 3)
-    assert image.size == (insp.LABEL_WIDTH + T * (W * 3 + insp.GAP), insp.GAP + 6 * (H * 3 + insp.GAP))
-    left = insp.LABEL_WIDTH
-    top = insp.GAP
+    assert image.size == sheets.sheet_size(6, T, H, W, 3)
+    assert image.size == (sheets.LABEL_WIDTH + T * (W * 3 + sheets.GAP), sheets.GAP + 6 * (H * 3 + sheets.GAP))
+    left = sheets.LABEL_WIDTH
+    top = sheets.GAP
     assert image.convert("RGB").getpixel((left + 1, top + 1)) != (32, 32, 32)  # a frame, not background
 
 

@@ -4,7 +4,7 @@ After evaluation, the clips of the evaluated split are paired with their rows of
 ``predictions.csv`` (same order: the evaluation reads the split unshuffled; the video ids are
 checked) and a few are drawn:
 
-* ``evaluation/test_clips.png``: a contact sheet (:func:`pipeline.inspect.labelled_sheet`), one
+* ``evaluation/test_clips.png``: a contact sheet (:func:`pipeline.sheets.labelled_sheet`), one
   row per clip, frame by frame, titled ``true -> predicted`` with the confidence; the worst
   misclassified clips (most confident mistakes) first, then a correctly classified clip of each class;
 * ``evaluation/test_clips.gif``: the same clips side by side, played at the records' fps, so
