@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import av
@@ -70,16 +71,56 @@ def write_bad_files(folder: Path, good_mp4: Path) -> dict[str, str]:
 H264_SMALL_GOP = {"preset": "veryfast", "g": "6", "bf": "2", "x264-params": "scenecut=0"}
 
 
-def _top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
-    """``(type, offset, size)`` of an MP4 file's top-level boxes."""
-    offset, boxes = 0, []
-    while offset + 8 <= len(data):
+def _child_boxes(data: bytes | bytearray, start: int, end: int) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of the boxes inside ``data[start:end]`` (a container box's body)."""
+    offset, boxes = start, []
+    while offset + 8 <= end:
         size = int.from_bytes(data[offset : offset + 4], "big")
         if size < 8:
             break
-        boxes.append((data[offset + 4 : offset + 8], offset, size))
+        boxes.append((bytes(data[offset + 4 : offset + 8]), offset, size))
         offset += size
     return boxes
+
+
+def _top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """``(type, offset, size)`` of an MP4 file's top-level boxes."""
+    return _child_boxes(data, 0, len(data))
+
+
+def _declare_duration(data: bytes, seconds: float) -> bytes:
+    """A fragmented MP4 whose init segment declares ``seconds``: ``mvhd``, ``tkhd``, ``mdhd`` and a new ``mehd``.
+
+    FFmpeg writes an empty ``moov`` (duration 0) for ``empty_moov``; a live recorder or packager
+    that states the planned length writes these. Fragments use ``default_base_moof`` offsets, so
+    growing ``moov`` by the ``mehd`` box moves no sample.
+    """
+    out = bytearray(data)
+    ((_, moov, moov_size),) = [box for box in _top_level_boxes(data) if box[0] == b"moov"]
+    movie_scale = 0
+
+    def patch(start: int, end: int) -> None:
+        nonlocal movie_scale
+        for kind, offset, size in _child_boxes(out, start, end):
+            body = offset + 8  # version 0 boxes: 4 bytes version/flags, then 32-bit fields
+            if kind == b"mvhd":
+                movie_scale = int.from_bytes(out[body + 12 : body + 16], "big")
+                out[body + 16 : body + 20] = round(seconds * movie_scale).to_bytes(4, "big")
+            elif kind == b"tkhd":
+                out[body + 20 : body + 24] = round(seconds * movie_scale).to_bytes(4, "big")
+            elif kind == b"mdhd":
+                scale = int.from_bytes(out[body + 12 : body + 16], "big")
+                out[body + 16 : body + 20] = round(seconds * scale).to_bytes(4, "big")
+            elif kind in (b"trak", b"mdia"):
+                patch(body, offset + size)
+
+    patch(moov + 8, moov + moov_size)
+    ((_, mvex, mvex_size),) = [box for box in _child_boxes(out, moov + 8, moov + moov_size) if box[0] == b"mvex"]
+    mehd = struct.pack(">I4sB3xI", 16, b"mehd", 0, round(seconds * movie_scale))
+    out[mvex : mvex + 4] = (mvex_size + len(mehd)).to_bytes(4, "big")
+    out[moov : moov + 4] = (moov_size + len(mehd)).to_bytes(4, "big")
+    out[mvex + 8 : mvex + 8] = mehd
+    return bytes(out)
 
 
 def _cut_fragmented_mp4(data: bytes, keep_fragments: int) -> bytes:
@@ -112,6 +153,8 @@ def write_seek_cases(folder: Path) -> dict[str, Path]:
         "av1.mkv": dict(fps=24, n=48, size=(64, 64), codec="libsvtav1", codec_options={"g": "8", "preset": "12"}),
         "fragmented.mp4": dict(fps=24, n=96, codec_options=H264_SMALL_GOP,
                                container_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}),
+        "fragmented_declared.mp4": dict(fps=24, n=96, codec_options=H264_SMALL_GOP,
+                                        container_options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}),
         "cut.webm": dict(fps=24, n=96, codec_options={"g": "8"}),
     }
     paths = {}
@@ -125,6 +168,8 @@ def write_seek_cases(folder: Path) -> dict[str, Path]:
         write_video(str(path), frames(n, size, seed=len(paths)), fps, ext, **spec)
         if name == "fragmented.mp4":  # 16 fragments of 6 frames written, 8 kept
             path.write_bytes(_cut_fragmented_mp4(path.read_bytes(), keep_fragments=8))
+        if name == "fragmented_declared.mp4":  # the init segment states 4 s; 8 of 16 fragments (2 s) follow
+            path.write_bytes(_cut_fragmented_mp4(_declare_duration(path.read_bytes(), n / fps), keep_fragments=8))
         if name == "cut.webm":  # the header states 4 s, the file holds about half
             data = path.read_bytes()
             path.write_bytes(data[: len(data) // 2])
