@@ -11,7 +11,8 @@ failed); Ctrl-C -> 130; anything else propagates with its traceback (a bug).
 
 A successful run prints nothing that looks like an error, so the harness also quiets what the
 libraries say on every healthy run (:func:`quiet_libraries`): TensorFlow's C++ log on a machine
-without an NVIDIA driver (``failed call to cuInit``: ``TF_CPP_MIN_LOG_LEVEL=3`` unless set),
+without an NVIDIA driver (``failed call to cuInit``: ``TF_CPP_MIN_LOG_LEVEL=3`` unless set; its
+Abseil start-up lines, which ignore that variable, are held to it by :mod:`vidseq.native_log`),
 MLflow's artifact download progress bars, its CloudPickle note and missing-input-example
 warning (the served model takes a video, not a tensor example), and Beam's "No shards found to
 finalize" for an empty split. Variables the user set are left as they are.
@@ -26,6 +27,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
+from vidseq import native_log
 from vidseq.errors import VidseqError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -87,6 +89,7 @@ def quiet_libraries() -> None:
     """
     if not os.path.exists(NVIDIA_DRIVER):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # cuInit's ERROR line on every CPU-only start
+    native_log.install()  # TensorFlow's Abseil start-up lines ignore that variable: held to it at import
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
