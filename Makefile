@@ -25,8 +25,7 @@ demo: install
 # The MLflow UI on the store the stages log to (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).
 # With MLFLOW_TRACKING_URI=http(s)://... (a team's tracking server) the server is the UI: it says where to look.
 ui: install
-	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*) echo "The tracking server serves the UI: open $$MLFLOW_TRACKING_URI"; exit 0;; esac; \
-	$(BIN)/mlflow ui --host 127.0.0.1 --port $${PORT:-5000} --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}
+	@$(BIN)/python -m training.ui --host 127.0.0.1  # PORT=5050 make ui for another port
 
 bench: install
 	$(BIN)/python benchmarks/preprocess.py

@@ -20,7 +20,7 @@ REPO = code.ROOT
 ENTRY_POINTS = {
     "pipeline.__main__", "pipeline.build", "pipeline.inspect", "pipeline.synth",
     "training.train", "training.evaluate", "training.register", "training.predict", "training.summary",
-    "training.serve",
+    "training.serve", "training.ui",
 }  # fmt: skip
 LAYER_NAMES = ("vidseq", "pipeline", "training core", "training.tracking", "entry points")
 

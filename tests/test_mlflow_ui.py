@@ -84,11 +84,40 @@ def test_the_ui_page_is_served(server):
         assert response.status == 200 and b"<html" in response.read(2000).lower()
 
 
-def test_make_ui_starts_mlflow_ui_on_loopback_with_the_default_store():
+def test_make_ui_runs_the_ui_entry_point_on_loopback():
     done = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True, check=True,
                           env={"PATH": "/usr/bin:/bin"})  # fmt: skip
-    line = next(line for line in done.stdout.splitlines() if "mlflow ui" in line)
-    assert "--host 127.0.0.1" in line and "sqlite:///mlflow.db" in line
+    line = next(line for line in done.stdout.splitlines() if "training.ui" in line)
+    assert "--host 127.0.0.1" in line  # the port: $PORT, else 5000 (training.ui)
+
+
+def test_the_ui_prints_the_experiment_in_the_model_training_view_and_serves_the_store(repo, server, tmp_path):
+    path, env = repo
+    experiment = get(server, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+    port = free_port()
+    args = [sys.executable, "-m", "training.ui", "--port", str(port), "--params", str(path / "params.yaml")]
+    with running_server(args, port, tmp_path / "ui.log", env):
+        ui = f"http://127.0.0.1:{port}"
+        assert get(ui, "experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"] == experiment
+        with urllib.request.urlopen(ui + "/", timeout=60) as response:
+            assert b"<html" in response.read(2000).lower()
+    printed = (tmp_path / "ui.log").read_text()
+    link = f"{ui}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+    assert f"MLflow UI, the runs of {EXPERIMENT!r}: {link}" in printed and f"{ui}/#/models" in printed
+    assert "error" not in printed.lower() and "Traceback" not in printed
+
+
+def test_the_ui_without_a_store_creates_none_and_says_how_to_make_one(tmp_path, monkeypatch, capsys):
+    from training import ui
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    monkeypatch.setenv("PORT", "5123")  # as in PORT=5123 make ui
+    assert ui.main(["--dry-run", "--params", str(REPO / "params.yaml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "MLflow UI: http://127.0.0.1:5123  (no store yet at sqlite:///mlflow.db: `make demo` or `dvc repro` makes one)"
+    assert out[1].endswith("mlflow ui --host 127.0.0.1 --port 5123 --backend-store-uri sqlite:///mlflow.db")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_summary_prints_where_to_look_and_the_champion(repo):
@@ -155,6 +184,8 @@ def test_a_reviewer_sees_the_run_name_datasets_model_card_metrics_and_pictures(r
 
     model_id = version["source"].removeprefix("models:/")  # the version's logged model
     logged = get(server, f"logged-models/{model_id}")["model"]
+    described = {t["key"]: t["value"] for t in logged["info"]["tags"]}["mlflow.note.content"]
+    assert described.startswith("**`video_classifier`**: the servable model") and described.endswith(card)
     metrics = {m["key"]: m["value"] for m in logged["data"]["metrics"]}
     assert metrics["test_video_accuracy"] == reports["video_accuracy"]
     assert metrics["test_accuracy"] == reports["accuracy"]

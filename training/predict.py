@@ -82,9 +82,9 @@ def _load_mlflow(uri: str) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from training.tracking.runs import tracking_uri
+    from training.tracking.runs import open_store, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    open_store()
     try:
         # Into a private copy: loading a local registered model writes registered_model_meta
         # into the store's model folder, which fails on a read-only store.

@@ -37,9 +37,9 @@ def download_model(uri: str, destination: str) -> str:
     """
     import mlflow
 
-    from training.tracking.runs import tracking_uri
+    from training.tracking.runs import open_store, tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri())
+    open_store()
     try:
         return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=destination)
     except Exception as exc:  # MLflow and the artifact stores raise many types for an unknown model

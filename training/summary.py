@@ -85,8 +85,8 @@ def summary_lines(
         browse = f"  browse: open {uri}"
     else:
         browse = (
-            f"  browse: make ui  (mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port {UI_PORT}), "
-            f"then open http://127.0.0.1:{UI_PORT}"
+            f"  browse: make ui  (mlflow ui --backend-store-uri {uri} on http://127.0.0.1:{UI_PORT}), "
+            "then open the experiment link it prints"
         )
     lines = [
         f"MLflow: runs of experiment {mlflow_cfg.experiment_name!r} and the registry are in {uri}",

@@ -48,7 +48,7 @@ from pipeline import records
 from vidseq.validation import flatten
 from pipeline.records import DatasetSpec
 
-from training.tracking import datasets, lineage, model_card, naming, review
+from training.tracking import datasets, lineage, model_card, naming, relocation, review
 from training.artifacts import (
     EVALUATION_ARTIFACTS,
     HISTORY_JSON,
@@ -166,6 +166,31 @@ def store_lock(uri: str) -> Iterator[None]:
         os.close(descriptor)  # releases the lock
 
 
+def follow_moved_store(uri: str) -> dict[str, Any] | None:
+    """:func:`training.tracking.relocation.follow` for a sqlite store that exists (call it holding :func:`store_lock`)."""
+    database = sqlite_path(uri)
+    if database is None or not database.is_file():
+        return None
+    if not database.is_absolute():
+        database = Path(os.path.abspath(database))
+    return relocation.follow(database)
+
+
+def open_store() -> str:
+    """Points MLflow at :func:`tracking_uri`, a moved local store repaired first; returns the URI.
+
+    For readers (``predict``, ``serve``, ``make ui``): unlike :func:`configure`, it creates no
+    store and no experiment.
+    """
+    uri = tracking_uri()
+    database = sqlite_path(uri)
+    if database is not None and database.is_file():
+        with store_lock(uri):
+            follow_moved_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def _artifact_location(uri: str) -> str | None:
     """``<folder of the sqlite file>/mlruns`` for a sqlite store; the server decides otherwise."""
     if not uri.startswith("sqlite:///"):
@@ -190,6 +215,7 @@ def configure(config: MlflowConfig | None = None) -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):  # the first call creates a new store's tables: one process at a time
+        follow_moved_store(uri)  # a repository moved with its store: artifact paths follow it
         experiment = mlflow.get_experiment_by_name(config.experiment_name)
         if experiment is None:
             try:
@@ -386,6 +412,15 @@ def spec_params(spec: DatasetSpec) -> dict[str, Any]:
     data["num_classes"] = spec.num_classes
     data["clip_shape"] = "x".join(str(d) for d in spec.clip_shape)
     return flatten({"dataset": data})
+
+
+def experiment_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs, in the model-training view (not 3.17's GenAI default).
+
+    MLflow 3.17's UI no longer reads ``mlflow.experimentKind``: which view an experiment opens in
+    comes from the URL's ``workflowType`` or else a per-browser setting that starts on GenAI.
+    """
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def set_experiment_kind(experiment_id: str, kind: str = CUSTOM_MODEL_DEVELOPMENT) -> None:
