@@ -161,6 +161,15 @@ def test_run_version_and_model_descriptions_are_the_model_card(tracked):
     for name in spec.classes:
         assert f"| {name} | " in note  # per-class F1 and per-class counts
     assert len(note) <= model_card.MAX_CHARS
+    logged = model_logging.logged_model_names(run_id)
+    assert set(logged) == {model_logging.KERAS_MODEL, model_logging.PYFUNC_MODEL}
+    for name, model_id in logged.items():  # the logged model pages: "Description"
+        text = client.get_logged_model(model_id).tags[model_card.NOTE_TAG]
+        head, card = text.split("\n\n", 1)
+        assert head.startswith(f"**`{name}`**") and card == note
+    keras_head = client.get_logged_model(logged[model_logging.KERAS_MODEL]).tags[model_card.NOTE_TAG].split("\n\n")[0]
+    assert f"(batch, {t}, {h}, {w}, 3)" in keras_head and model_logging.PYFUNC_MODEL in keras_head
+    assert version.source == f"models:/{logged[model_logging.PYFUNC_MODEL]}"  # the version's model is described
 
 
 def test_the_registry_record_is_an_artifact_and_tags_stay_short(tracked):

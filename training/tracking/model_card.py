@@ -24,6 +24,7 @@ import mlflow
 
 from pipeline import records
 from pipeline.records import DatasetSpec
+from training.tracking.model_logging import KERAS_MODEL, PYFUNC_MODEL, logged_model_names
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +224,37 @@ def render(facts: Mapping[str, Any], *, model_name: str | None = None, per_class
     return text[:MAX_CHARS]
 
 
+def logged_model_head(name: str, spec: DatasetSpec) -> str:
+    """The line that says which of the run's models a logged model's description is about."""
+    t, h, w, c = spec.clip_shape
+    if name == KERAS_MODEL:
+        return (f"**`{KERAS_MODEL}`**: the Keras model alone: clips `(batch, {t}, {h}, {w}, {c})` float32 in [0, 1] "
+                f"-> class probabilities `(batch, {spec.num_classes})`. To classify a video, use `{PYFUNC_MODEL}` "
+                "(the servable model of the same run), which samples the clips as preprocessing did.")  # fmt: skip
+    if name == PYFUNC_MODEL:
+        return f"**`{PYFUNC_MODEL}`**: the servable model: a video in, its label and class probabilities out."
+    return f"**`{name}`**, logged by this run."
+
+
+def describe_logged_models(run_id: str, spec: DatasetSpec, card: str) -> dict[str, str]:
+    """Sets the card, headed by :func:`logged_model_head`, as each logged model's description; ``{name: text}``.
+
+    The logged model page shows its ``mlflow.note.content`` tag as "Description", as the run page does.
+    """
+    client = mlflow.MlflowClient()
+    described = {}
+    for name, model_id in logged_model_names(run_id).items():
+        text = f"{logged_model_head(name, spec)}\n\n{card}"
+        client.set_logged_model_tags(model_id, {NOTE_TAG: text})
+        described[name] = text
+    return described
+
+
 def describe_run(run_id: str, spec: DatasetSpec, *, record: Mapping[str, Any] | None = None,
                  model_name: str | None = None) -> str:  # fmt: skip
-    """Sets the card as the run's description (``mlflow.note.content``); returns it."""
+    """Sets the card as the run's description (``mlflow.note.content``) and its logged models'; returns it."""
     text = render(card_facts(run_id, spec, record=record), model_name=model_name)
     mlflow.MlflowClient().set_tag(run_id, NOTE_TAG, text)
+    describe_logged_models(run_id, spec, text)
     return text
 

@@ -18,6 +18,7 @@ from pipeline import records
 from pipeline.records import DatasetSpec
 
 KERAS_MODEL = "keras_model"
+PYFUNC_MODEL = "video_classifier"  # the servable pyfunc (training.tracking.pyfunc)
 
 
 def pinned_requirements(*packages: str) -> list[str]:

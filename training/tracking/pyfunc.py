@@ -34,6 +34,7 @@ from training.artifacts import model_files
 from training.classifier import VideoClassifier, preprocess_config
 from training.limits import Busy, DecodeGate, LimitExceeded, Limits, release_memory
 from training.tracking import bundle
+from training.tracking.model_logging import PYFUNC_MODEL
 from training.video_input import allowed_root
 
 __all__ = ["PYFUNC_MODEL", "VideoClassifierModel", "log_video_classifier", "pyfunc_signature"]
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 VIDEO_COLUMN = "video"
 OUTPUT_COLUMNS = ("label", "probabilities", "clips", "error")
-PYFUNC_MODEL = "video_classifier"
 
 
 def _video_values(model_input: Any) -> list[Any]:
