@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 
 import mlflow
 import pytest
@@ -75,6 +76,41 @@ def test_the_next_run_counts_up_and_a_dvc_experiment_names_its_run(model_root, s
     assert run.info.run_name == "fuzzy-lamb"
     assert run.data.tags[naming.EXPERIMENT_TAG] == "fuzzy-lamb"
     assert run.data.tags[naming.BASELINE_TAG] == "0123456789abcdef"
+
+
+def test_runs_started_together_end_with_distinct_names(model_root, store, tmp_path, monkeypatch):
+    spec = records.read_spec(str(model_root / "models"))
+    params = {"data": {"raw_dir": "data/demo", "records_dir": "data/records"}}
+    runs.configure(MlflowConfig("together"))
+    counted = threading.Barrier(3)
+    real = naming.next_run_name
+    first = threading.local()
+
+    def count_then_wait(*args):
+        name = real(*args)
+        if not getattr(first, "done", False):  # each run's first count happens before any run exists
+            first.done = True
+            counted.wait(timeout=60)
+        return name
+
+    monkeypatch.setattr(naming, "next_run_name", count_then_wait)
+    names, failures = [], []
+
+    def start(index):
+        try:
+            with runs.start_run(str(tmp_path / f"out{index}"), params, spec, config=MlflowConfig("together")) as active:
+                names.append(mlflow.MlflowClient().get_run(active.info.run_id).info.run_name)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    prefix = names[0].rsplit("-", 1)[0]
+    assert sorted(names) == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
 
 
 def test_the_seeded_rng_does_not_name_the_runs(model_root, store, tmp_path):

@@ -9,6 +9,8 @@ run would get the same name. Names here come from what the run is instead:
   ``vidseq.dvc.experiment`` / ``vidseq.dvc.baseline``;
 * otherwise ``<git short sha>-<dataset>-<n>``: ``n`` counts the runs of the experiment with
   that prefix (``a1b2c3d-demo-1``, ``a1b2c3d-demo-2``, ...); ``nogit`` outside a git checkout.
+  Runs started at the same moment count the same ``n``; :func:`settle_run_name` then moves every
+  run but the first of a name on to the next free number, so names stay unique.
 """
 
 from __future__ import annotations
@@ -65,6 +67,23 @@ def next_run_name(client: Any, experiment_id: str, prefix: str) -> str:
             return f"{prefix}-{taken + 1}"
 
 
+def settle_run_name(client: Any, experiment_id: str, run_id: str, prefix: str) -> str:
+    """Makes a generated ``<prefix>-<n>`` name the run's own; returns the name it ends with.
+
+    Of the runs that share a name, the first (by start time, then run id) keeps it; a later one
+    takes :func:`next_run_name` and checks again, until no earlier run has its name. Runs that
+    start together each do this, so they end on distinct numbers whatever the interleaving.
+    """
+    while True:
+        run = client.get_run(run_id)
+        name = run.info.run_name
+        mine = (run.info.start_time, run_id)
+        same = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=1000)
+        if not any((other.info.start_time, other.info.run_id) < mine for other in same if other.info.run_id != run_id):
+            return name
+        client.update_run(run_id, name=next_run_name(client, experiment_id, prefix))
+
+
 def run_identity(
     client: Any,
     experiment_id: str,
@@ -86,5 +105,9 @@ def run_identity(
     if experiment:
         tags[EXPERIMENT_TAG] = experiment
         return experiment, tags
-    prefix = f"{commit[:SHORT_SHA] if commit else 'nogit'}-{dataset}"
-    return next_run_name(client, experiment_id, prefix), tags
+    return next_run_name(client, experiment_id, name_prefix(commit, dataset)), tags
+
+
+def name_prefix(commit: str | None, dataset: str) -> str:
+    """``<git short sha>-<dataset>`` (``nogit-<dataset>`` outside a git checkout): what generated names count under."""
+    return f"{commit[:SHORT_SHA] if commit else 'nogit'}-{dataset}"

@@ -251,12 +251,13 @@ def _begin_run(
     experiment_id = configure(config)
     set_experiment_kind(experiment_id)
     tags = lineage_tags(records_dir)
-    name, identity = naming.run_identity(
-        mlflow.MlflowClient(), experiment_id, commit=tags.get("mlflow.source.git.commit"),
-        dataset=naming.dataset_name(records_dir, params),
-    )  # fmt: skip
+    client = mlflow.MlflowClient()
+    commit, dataset = tags.get("mlflow.source.git.commit"), naming.dataset_name(records_dir, params)
+    name, identity = naming.run_identity(client, experiment_id, commit=commit, dataset=dataset)
     active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or name)
     try:
+        if run_name is None and naming.EXPERIMENT_TAG not in identity:  # a counted name: runs started together
+            naming.settle_run_name(client, experiment_id, active.info.run_id, naming.name_prefix(commit, dataset))
         log_params_once(params)
         log_spec(spec)
         mlflow.set_tags({**tags, **identity})
