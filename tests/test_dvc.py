@@ -124,7 +124,7 @@ NOISE = (
     "failed call to cuInit", "apitools not found", "requested in with_outputs() but not declared",
     "No shards found to finalize", "0 failed, see", "CloudPickle", "An input example was not provided",
     "Downloading artifacts", "Traceback", "absl::InitializeLog()", "oneDNN custom operations",
-    "Could not find cuda drivers",
+    "Could not find cuda drivers", "━━━",  # the last: a Keras progress bar (MLflow checking the input example)
 )  # fmt: skip
 
 

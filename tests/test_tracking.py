@@ -135,7 +135,7 @@ def test_epoch_logger_logs_every_epoch_during_fit(store):
         assert [m.step for m in client().get_metric_history(active.info.run_id, key)] == [0, 1, 2], key
 
 
-def test_keras_model_is_logged_with_the_tensor_signature_and_an_input_example(model_root, store, tmp_path):
+def test_keras_model_is_logged_with_the_tensor_signature_and_an_input_example(model_root, store, tmp_path, capfd):
     import keras
 
     from mlflow.models import Model
@@ -143,8 +143,11 @@ def test_keras_model_is_logged_with_the_tensor_signature_and_an_input_example(mo
     spec = records.read_spec(str(model_root / "models"))
     model = keras.saving.load_model(str(model_root / "models" / "model.keras"))
     runs.configure(CONFIG)
+    capfd.readouterr()
     with mlflow.start_run() as active:
         info = model_logging.log_keras_model(model, spec)
+    assert "step" not in capfd.readouterr().out  # MLflow's check of the example prints no Keras progress bar
+    assert keras.config.is_interactive_logging_enabled()  # and training's progress is back as it was
     assert model_logging.logged_model_names(active.info.run_id) == {"keras_model": info.model_id}
     local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "keras_model"))
     meta = Model.load(local)

@@ -9,7 +9,9 @@ requirement inference (it loads the model in a subprocess).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import mlflow
@@ -70,16 +72,35 @@ def log_keras_model(model: Any, spec: DatasetSpec, *, name: str = KERAS_MODEL, s
 
     records.check_clip_shape(spec.clip_shape, tuple(model.input_shape[1:]), "the model")
     flavor = types.SimpleNamespace(__name__="mlflow.keras", save_model=_save_keras)
-    return Model.log(
-        artifact_path=None,
-        name=name,
-        flavor=flavor,
-        model=model,
-        signature=keras_signature(spec),
-        input_example=np.zeros((1, *spec.clip_shape), np.float32),
-        pip_requirements=pinned_requirements("tensorflow", "keras"),
-        step=step,
-    )
+    with _no_progress_bars():  # MLflow checks the example by predicting it with Keras' default progress bar
+        return Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=flavor,
+            model=model,
+            signature=keras_signature(spec),
+            input_example=np.zeros((1, *spec.clip_shape), np.float32),
+            pip_requirements=pinned_requirements("tensorflow", "keras"),
+            step=step,
+        )
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Keras prints no progress bar inside the block (not to stdout, nor to absl's log instead)."""
+    import keras
+    from absl import logging as absl_logging
+
+    interactive = keras.config.is_interactive_logging_enabled()
+    verbosity = absl_logging.get_verbosity()
+    keras.config.disable_interactive_logging()  # progress goes to absl's log...
+    absl_logging.set_verbosity(absl_logging.WARNING)  # ...which drops it
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        if interactive:
+            keras.config.enable_interactive_logging()
 
 
 def logged_model_names(run_id: str) -> dict[str, str]:
