@@ -6,7 +6,8 @@ The store is the stages' (``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``); a
 with its store gets its artifact paths repaired first (:mod:`training.tracking.relocation`). It
 prints the experiment's page in the model-training view (MLflow 3.17's UI starts on GenAI unless
 the URL says otherwise: :func:`training.tracking.runs.experiment_url`) and the registry's, then
-becomes ``mlflow ui`` (same process: Ctrl-C stops it). With a tracking server it only says where
+becomes ``mlflow ui`` (same process: Ctrl-C stops it; the deprecation note each of its workers
+prints about MLflow's own use of Starlette is off unless ``PYTHONWARNINGS`` is set). With a tracking server it only says where
 that server's UI is. It never creates a store or an experiment.
 """
 
@@ -24,6 +25,7 @@ from vidseq.params import DEFAULT_PARAMS, Params
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5000
+STARLETTE_NOTE = "ignore:starlette.middleware.wsgi is deprecated"  # mlflow/server/fastapi_app.py, every worker
 
 
 def mlflow_ui_command(uri: str, host: str, port: int) -> list[str]:
@@ -71,8 +73,10 @@ def _run(argv: list[str] | None) -> None:
     if args.dry_run:
         print(" ".join(command))
         return
+    env = dict(os.environ)
+    env.setdefault("PYTHONWARNINGS", STARLETTE_NOTE)
     try:
-        os.execv(command[0], command)
+        os.execve(command[0], command, env)
     except OSError as exc:
         raise VidseqError(f"cannot start mlflow ui ({' '.join(command)}): {exc.strerror}") from exc
 
