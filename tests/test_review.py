@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import threading
 
 import mlflow
@@ -78,39 +79,53 @@ def test_the_next_run_counts_up_and_a_dvc_experiment_names_its_run(model_root, s
     assert run.data.tags[naming.BASELINE_TAG] == "0123456789abcdef"
 
 
-def test_runs_started_together_end_with_distinct_names(model_root, store, tmp_path, monkeypatch):
+def test_on_a_sqlite_store_runs_are_counted_and_created_under_its_lock(model_root, store, tmp_path, monkeypatch):
+    import fcntl
+
     spec = records.read_spec(str(model_root / "models"))
-    params = {"data": {"raw_dir": "data/demo", "records_dir": "data/records"}}
-    runs.configure(MlflowConfig("together"))
-    counted = threading.Barrier(3)
     real = naming.next_run_name
-    first = threading.local()
+    held = []
 
-    def count_then_wait(*args):
-        name = real(*args)
-        if not getattr(first, "done", False):  # each run's first count happens before any run exists
-            first.done = True
-            counted.wait(timeout=60)
-        return name
+    def count(*args):
+        with open(store[len("sqlite:///") :], "rb") as other:  # another process's view of the lock
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+                fcntl.flock(other, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(True)
+        return real(*args)
 
-    monkeypatch.setattr(naming, "next_run_name", count_then_wait)
-    names, failures = [], []
+    monkeypatch.setattr(naming, "next_run_name", count)
+    with runs.start_run(str(tmp_path / "out"), {}, spec, config=MlflowConfig("locked")) as active:
+        assert mlflow.MlflowClient().get_run(active.info.run_id).info.run_name.endswith("-1")
+    assert held and held[0] is True
 
-    def start(index):
+
+def test_runs_that_took_one_name_together_settle_on_distinct_names(store):
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment("together")
+    prefix = "abc1234-demo"
+    made = [client.create_run(experiment_id, run_name=f"{prefix}-1").info.run_id for _ in range(4)]  # the race's outcome
+    names, failures = {}, []
+    start = threading.Barrier(len(made))
+
+    def settle(run_id):
         try:
-            with runs.start_run(str(tmp_path / f"out{index}"), params, spec, config=MlflowConfig("together")) as active:
-                names.append(mlflow.MlflowClient().get_run(active.info.run_id).info.run_name)
+            start.wait(timeout=60)
+            names[run_id] = naming.settle_run_name(client, experiment_id, run_id, prefix)
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=settle, args=(run_id,)) for run_id in made]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
     assert not failures, failures
-    prefix = names[0].rsplit("-", 1)[0]
-    assert sorted(names) == [f"{prefix}-1", f"{prefix}-2", f"{prefix}-3"]
+    assert len(set(names.values())) == len(made)
+    assert {client.get_run(run_id).info.run_name for run_id in made} == set(names.values())
+    assert all(re.fullmatch(re.escape(prefix) + r"-\d+", name) for name in names.values())
 
 
 def test_the_seeded_rng_does_not_name_the_runs(model_root, store, tmp_path):

@@ -9,14 +9,17 @@ run would get the same name. Names here come from what the run is instead:
   ``vidseq.dvc.experiment`` / ``vidseq.dvc.baseline``;
 * otherwise ``<git short sha>-<dataset>-<n>``: ``n`` counts the runs of the experiment with
   that prefix (``a1b2c3d-demo-1``, ``a1b2c3d-demo-2``, ...); ``nogit`` outside a git checkout.
-  Runs started at the same moment count the same ``n``; :func:`settle_run_name` then moves every
-  run but the first of a name on to the next free number, so names stay unique.
+  Runs started at the same moment would count the same ``n``: on a sqlite store the count and the
+  run's creation happen under the store's lock; elsewhere (a tracking server) :func:`settle_run_name`
+  moves runs that share a name on to the next free numbers.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,17 +73,19 @@ def next_run_name(client: Any, experiment_id: str, prefix: str) -> str:
 def settle_run_name(client: Any, experiment_id: str, run_id: str, prefix: str) -> str:
     """Makes a generated ``<prefix>-<n>`` name the run's own; returns the name it ends with.
 
-    Of the runs that share a name, the first (by start time, then run id) keeps it; a later one
-    takes :func:`next_run_name` and checks again, until no earlier run has its name. Runs that
-    start together each do this, so they end on distinct numbers whatever the interleaving.
+    A run that sees another run with its name takes :func:`next_run_name` (after a random pause
+    of up to 0.2 s, so runs that collide together draw apart) and checks again. Whichever of two
+    runs renames last sees the other when it checks, so no two runs keep one name; runs that
+    collide may leave a number unused. On a sqlite store, :func:`training.tracking.runs` counts
+    and creates each run under the store's lock, so there is nothing to settle there.
     """
+    pause = random.SystemRandom()  # not the seeded ``random``: training seeds it, every run would pause alike
     while True:
-        run = client.get_run(run_id)
-        name = run.info.run_name
-        mine = (run.info.start_time, run_id)
-        same = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=1000)
-        if not any((other.info.start_time, other.info.run_id) < mine for other in same if other.info.run_id != run_id):
+        name = client.get_run(run_id).info.run_name
+        same = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{name}'", max_results=10)
+        if all(other.info.run_id == run_id for other in same):
             return name
+        time.sleep(pause.uniform(0.0, 0.2))
         client.update_run(run_id, name=next_run_name(client, experiment_id, prefix))
 
 

@@ -144,7 +144,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Holds an exclusive lock on a sqlite store's file while its tables are created (no-op for other stores).
+    """Holds an exclusive lock on a sqlite store's file (no-op for other stores): table creation, run naming.
 
     MLflow creates and migrates a new sqlite store's tables on first use without a lock between
     processes, so stages starting at once on a new ``mlflow.db`` (parallel queue workers) would
@@ -253,10 +253,11 @@ def _begin_run(
     tags = lineage_tags(records_dir)
     client = mlflow.MlflowClient()
     commit, dataset = tags.get("mlflow.source.git.commit"), naming.dataset_name(records_dir, params)
-    name, identity = naming.run_identity(client, experiment_id, commit=commit, dataset=dataset)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or name)
+    with store_lock(tracking_uri()):  # a sqlite store: count and create one run at a time
+        name, identity = naming.run_identity(client, experiment_id, commit=commit, dataset=dataset)
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name or name)
     try:
-        if run_name is None and naming.EXPERIMENT_TAG not in identity:  # a counted name: runs started together
+        if run_name is None and naming.EXPERIMENT_TAG not in identity:  # a counted name: unique on a server too
             naming.settle_run_name(client, experiment_id, active.info.run_id, naming.name_prefix(commit, dataset))
         log_params_once(params)
         log_spec(spec)
