@@ -28,6 +28,7 @@ def make_store(monkeypatch, folder: Path) -> dict[str, str]:
     """A store in ``folder`` as the stages leave it: an experiment, a run with an artifact, a registered model."""
     folder.mkdir(parents=True)
     monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(folder)  # as a stage runs: MLflow puts its Default experiment in ./mlruns/0, a bare path
     use_store(monkeypatch, folder)
     runs.configure(CONFIG)
     with mlflow.start_run() as run:
@@ -67,6 +68,7 @@ def test_a_moved_store_points_at_its_new_folder_and_new_runs_land_there(monkeypa
     assert runs.open_store() == f"sqlite:///{new / 'mlflow.db'}"
     assert str(old) not in database_text(new / "mlflow.db")
     check_works_from(new, made, tmp_path)
+    assert mlflow.get_experiment("0").artifact_location in (str(new / "mlruns" / "0"), (new / "mlruns" / "0").as_uri())
     runs.configure(CONFIG)
     with mlflow.start_run() as later:
         mlflow.log_text("after the move", "notes/later.txt")

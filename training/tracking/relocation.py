@@ -66,22 +66,34 @@ def _text_columns(connection: sqlite3.Connection) -> list[tuple[str, str]]:
 
 
 def _rewrite(connection: sqlite3.Connection, old: str, new: str) -> int:
-    """Replaces ``old`` by ``new`` (and their percent-encoded forms) wherever a whole path starts with it."""
-    pairs = {old: new, urllib.parse.quote(old): urllib.parse.quote(new)}
+    """Replaces the folder ``old`` by ``new`` wherever a whole path starts with it; returns the rows changed.
+
+    In a ``file://`` URI the path is percent-encoded (``Path.as_uri``), elsewhere it is plain
+    (MLflow stores the default experiment's location as a bare path): each form gets ``new`` in
+    its own form.
+    """
+    quoted_old, quoted_new = urllib.parse.quote(old), urllib.parse.quote(new)
+    forms = "|".join(re.escape(form) for form in sorted({old, quoted_old}, key=len, reverse=True))
+    pattern = re.compile(r"(?P<uri>file://(?:localhost)?)?(?P<path>" + forms + r")(?=/|$|[\"'\s?#])")
+
+    def replace(match: re.Match) -> str:
+        if match.group("uri"):
+            return match.group("uri") + quoted_new
+        return quoted_new if match.group("path") != old else new
+
     changed = 0
     for table, column in _text_columns(connection):
-        for before, after in pairs.items():
-            pattern = re.compile(re.escape(before) + r"(?=/|$|[\"'\s?#])")
-            rows = connection.execute(
-                f'SELECT rowid, "{column}" FROM "{table}" WHERE instr("{column}", ?) > 0', (before,)
-            ).fetchall()
-            for rowid, value in rows:
-                if not isinstance(value, str):
-                    continue
-                updated = pattern.sub(lambda _: after, value)
-                if updated != value:
-                    connection.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE rowid = ?', (updated, rowid))
-                    changed += 1
+        rows = connection.execute(
+            f'SELECT rowid, "{column}" FROM "{table}" WHERE instr("{column}", ?) > 0 OR instr("{column}", ?) > 0',
+            (old, quoted_old),
+        ).fetchall()
+        for rowid, value in rows:
+            if not isinstance(value, str):
+                continue
+            updated = pattern.sub(replace, value)
+            if updated != value:
+                connection.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE rowid = ?', (updated, rowid))
+                changed += 1
     return changed
 
 
