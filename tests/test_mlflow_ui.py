@@ -213,3 +213,26 @@ def test_summary_with_a_tracking_server_points_at_the_server_not_at_make_ui(monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     assert "make ui" in summary.summary_lines(RegisterConfig(), MlflowConfig(), None, None, None)[1]
 
+
+
+@pytest.mark.parametrize("argv, environ, message", [
+    ([], {"PORT": "abc"}, "error: PORT=abc is not a port: give a number from 1 to 65535 (default 5000)"),
+    (["--port", "0"], {}, "error: --port=0 is not a port: give a number from 1 to 65535 (default 5000)"),
+])  # fmt: skip
+def test_the_ui_refuses_a_port_that_is_none_in_one_line(argv, environ, message, monkeypatch, capsys):
+    from training import ui
+
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    assert ui.main(["--dry-run", "--params", str(REPO / "params.yaml"), *argv]) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def test_the_ui_on_another_database_asks_it_nothing(monkeypatch, capsys):
+    from training import ui
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://nobody@127.0.0.1:1/unreachable")
+    assert ui.main(["--dry-run", "--params", str(REPO / "params.yaml")]) == 0  # at once: no connection tried
+    out = capsys.readouterr().out.splitlines()
+    assert "?workflowType=machine_learning" in out[0]
+    assert out[1].endswith("--backend-store-uri postgresql://nobody@127.0.0.1:1/unreachable")

@@ -34,13 +34,20 @@ def mlflow_ui_command(uri: str, host: str, port: int) -> list[str]:
 
 
 def links(uri: str, experiment_name: str, base_url: str) -> list[str]:
-    """What to open: the experiment's runs (model-training view) and the registry; the UI's root if no run yet."""
+    """What to open: the experiment's runs (model-training view) and the registry; the UI's root if no run yet.
+
+    The experiment is looked up in a sqlite store only (another database may be slow to answer or
+    down, which ``mlflow ui`` then reports itself).
+    """
     import mlflow
 
     from training.tracking.runs import experiment_url, sqlite_path
 
     database = sqlite_path(uri)
-    if database is not None and not database.is_file():
+    if database is None:
+        return [f"MLflow UI: {base_url}  (an experiment opens on its runs with ?workflowType=machine_learning "
+                "after its page's address)"]  # fmt: skip
+    if not database.is_file():
         return [f"MLflow UI: {base_url}  (no store yet at {uri}: `make demo` or `dvc repro` makes one)"]
     experiment = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment_name)
     if experiment is None:
@@ -51,14 +58,28 @@ def links(uri: str, experiment_name: str, base_url: str) -> list[str]:
     ]
 
 
+def port_number(text: str, source: str) -> int:
+    """``text`` as a TCP port; :class:`VidseqError` naming ``source`` otherwise."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise VidseqError(f"{source}={text} is not a port: give a number from 1 to 65535 (default {DEFAULT_PORT})")
+    return port
+
+
 def _run(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.ui", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or DEFAULT_PORT),
-                        help="port (default: $PORT or %(default)s)")  # fmt: skip
+    parser.add_argument("--port", help=f"port (default: $PORT or {DEFAULT_PORT})")
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the links and the mlflow ui command, start nothing")
     args = parser.parse_args(argv)
+    if args.port is not None:
+        port = port_number(args.port, "--port")
+    else:
+        port = port_number(os.environ["PORT"], "PORT") if os.environ.get("PORT") else DEFAULT_PORT
     params = Params.load(args.params)
     from training.tracking.runs import open_store, tracking_uri
 
@@ -67,9 +88,9 @@ def _run(argv: list[str] | None) -> None:
         print(f"The tracking server serves the UI: open {uri}")
         return
     uri = open_store()  # a moved repository's store: artifact paths repaired before the UI reads them
-    for line in links(uri, params.mlflow.experiment_name, f"http://{args.host}:{args.port}"):
+    for line in links(uri, params.mlflow.experiment_name, f"http://{args.host}:{port}"):
         print(line, flush=True)
-    command = mlflow_ui_command(uri, args.host, args.port)
+    command = mlflow_ui_command(uri, args.host, port)
     if args.dry_run:
         print(" ".join(command))
         return
