@@ -51,7 +51,7 @@ def one_error_line(result: subprocess.CompletedProcess, message: str) -> None:
 
 
 # Tests about output safety run the job in one process: each default run starts a worker
-# process per core (about 2 s here), and a driver killed with -9 would leave its workers behind.
+# process per core (about 2 s here); what a kill -9 does to those workers is tested on its own.
 IN_PROCESS = ("--direct_running_mode=in_memory",)
 
 
@@ -423,6 +423,71 @@ def test_kill_9_and_concurrent_runs(tmp_path):
     assert "Traceback" not in result.stderr and not [x for x in result.stderr.splitlines() if x.startswith("error")]
     assert records.read_spec(str(out)).classes == ("left", "right")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """``{pid: (parent pid, state, command line)}`` of every process, from /proc."""
+    found = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = Path(stat).read_text()
+            command = Path(stat).with_name("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        found[int(text.split(" ", 1)[0])] = (int(fields[1]), fields[0], command)
+    return found
+
+
+def _workers_of(pid: int) -> set[int]:
+    """The Beam SDK worker processes below ``pid`` (its children and theirs)."""
+    table, below, todo = _processes(), set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, _, _) in table.items():
+            if ppid == parent and child not in below:
+                below.add(child)
+                todo.append(child)
+    return {p for p in below if "sdk_worker_main" in table[p][2]}
+
+
+def test_kill_9_of_a_multi_process_job_leaves_no_worker_running(tmp_path):
+    """A worker blocked in open() on a FIFO stands for a stuck decoder: the killed job's workers still exit."""
+    root = tmp_path / "raw"
+    for name, dx in (("left", -1), ("right", 1)):
+        for g in range(2):
+            write_tiny_video(root / name / f"v_{name}_g{g:02d}_c01.mp4", seconds=1.0, size=(16, 16), dx=dx, seed=g)
+    os.mkfifo(root / "left" / "v_left_g09_c01.mp4")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = ["--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)),
+            "--direct_running_mode=multi_processing", "--direct_num_workers=2"]  # fmt: skip
+    job = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        while len(workers) < 2 or not glob.glob(str(out) + ".staging-*"):
+            assert job.poll() is None, f"the job exited with {job.returncode}; the FIFO should hold it"
+            assert time.monotonic() < deadline, f"no two workers and staging folder in 120 s (workers {workers})"
+            time.sleep(0.1)
+            workers |= _workers_of(job.pid)
+        time.sleep(1.0)  # the workers are decoding (one of them blocked on the FIFO)
+    finally:
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    deadline = time.monotonic() + 60
+    while True:
+        table = _processes()
+        running = {p for p in workers if p in table and table[p][1] != "Z"}
+        if not running or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not running, f"workers {sorted(running)} still run 60 s after the job was killed"
+    os.unlink(root / "left" / "v_left_g09_c01.mp4")
+    result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
+    assert result.returncode == 0, result.stderr  # the lock died with the job; the dead staging folder is cleaned
+    assert glob.glob(str(out) + ".staging-*") == []
 
 
 def test_next_run_repairs_a_publish_killed_between_its_renames(dataset, tmp_path):
