@@ -7,22 +7,19 @@ with its store gets its artifact paths repaired first (:mod:`training.tracking.r
 prints the experiment's page in the model-training view (MLflow 3.17's UI starts on GenAI unless
 the URL says otherwise: :func:`training.tracking.runs.experiment_url`) and the registry's, then
 becomes ``mlflow ui`` (same process: Ctrl-C stops it; the deprecation note each of its workers
-prints about MLflow's own use of Starlette is off unless ``PYTHONWARNINGS`` is set). With a tracking server it only says where
-that server's UI is. It never creates a store or an experiment.
+prints about MLflow's own use of Starlette is off unless ``PYTHONWARNINGS`` is set). With a
+tracking server it only says where that server's UI is. It never creates a store or an experiment.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from vidseq import cli
 from vidseq.errors import VidseqError
 from vidseq.params import DEFAULT_PARAMS, Params
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5000
 STARLETTE_NOTE = "ignore:starlette.middleware.wsgi is deprecated"  # mlflow/server/fastapi_app.py, every worker
