@@ -37,3 +37,39 @@ def test_clean_all_also_removes_the_store_but_never_the_videos(tmp_path):
     make(folder, "clean-all")
     assert [name for name in (*OUTPUTS, *STORE) if (folder / name).exists()] == []
     assert all((folder / name).exists() for name in VIDEOS)
+
+
+def folder_with_a_venv(tmp_path: Path, *, own_code: bool) -> Path:
+    """A Makefile and a ``.venv`` whose python is this suite's; with ``own_code`` its ``vidseq`` is the folder's."""
+    import sys
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    path = f"PYTHONPATH={tmp_path} " if own_code else ""
+    python.write_text(f'#!/bin/sh\n{path}exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    if own_code:
+        (tmp_path / "vidseq").mkdir()
+        (tmp_path / "vidseq" / "__init__.py").write_text("")
+    return tmp_path
+
+
+def test_a_venv_made_for_another_folder_is_made_again(tmp_path):
+    folder = folder_with_a_venv(tmp_path, own_code=False)  # its editable vidseq is this repository's: a copy
+    done = subprocess.run(["make", "-s", "venv-here"], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ".venv was made for another folder (the repository moved or was copied): making it again"
+    assert not (folder / ".venv").exists()
+
+
+def test_the_folders_own_venv_and_no_venv_are_left_alone(tmp_path):
+    (tmp_path / "own").mkdir()
+    folder = folder_with_a_venv(tmp_path / "own", own_code=True)
+    done = subprocess.run(["make", "-s", "venv-here"], cwd=folder, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
+    assert (folder / ".venv" / "bin" / "python").exists()
+    (tmp_path / "none").mkdir()
+    shutil.copy(REPO / "Makefile", tmp_path / "none" / "Makefile")
+    done = subprocess.run(["make", "-s", "venv-here"], cwd=tmp_path / "none", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "" and not (tmp_path / "none" / ".venv").exists()
