@@ -12,7 +12,7 @@ install: venv-here $(STAMP)
 # after the repository moved it fails (".venv/bin/dvc: not found"), after a copy it would run the
 # original's code. Then it is made again here.
 venv-here:
-	@if [ -d $(VENV) ] && ! $(BIN)/python -c 'import os, sys, vidseq; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(vidseq.__file__))) != os.path.realpath("."))' 2>/dev/null; then \
+	@if [ -d $(VENV) ] && ! $(BIN)/python -P -c 'import os, sys, vidseq; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(vidseq.__file__))) != os.path.realpath("."))' 2>/dev/null; then \
 	  echo "$(VENV) was made for another folder (the repository moved or was copied): making it again"; rm -rf $(VENV); fi
 
 # Re-installs only when pyproject.toml changed (or the venv is missing): quick and idempotent.

@@ -40,7 +40,8 @@ def test_clean_all_also_removes_the_store_but_never_the_videos(tmp_path):
 
 
 def folder_with_a_venv(tmp_path: Path, *, own_code: bool) -> Path:
-    """A Makefile and a ``.venv`` whose python is this suite's; with ``own_code`` its ``vidseq`` is the folder's."""
+    """A Makefile, a ``vidseq`` package and a ``.venv`` whose python is this suite's (its ``vidseq`` is this
+    repository's), or with ``own_code`` one that imports the folder's ``vidseq``."""
     import sys
 
     shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
@@ -49,9 +50,8 @@ def folder_with_a_venv(tmp_path: Path, *, own_code: bool) -> Path:
     path = f"PYTHONPATH={tmp_path} " if own_code else ""
     python.write_text(f'#!/bin/sh\n{path}exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    if own_code:
-        (tmp_path / "vidseq").mkdir()
-        (tmp_path / "vidseq" / "__init__.py").write_text("")
+    (tmp_path / "vidseq").mkdir()  # the folder holds the project's code either way, as a repository does
+    (tmp_path / "vidseq" / "__init__.py").write_text("")
     return tmp_path
 
 
