@@ -393,13 +393,18 @@ def _wait_for_staging(job: subprocess.Popen, out: Path, known: set) -> str:
     raise AssertionError("no staging folder appeared")
 
 
-def test_kill_9_and_concurrent_runs(tmp_path):
-    """Runs blocked on a FIFO (a 'video' whose open() never returns) are mid-run for as long as the test wants."""
-    root = tmp_path / "raw"
+def input_blocked_on_a_fifo(root: Path) -> Path:
+    """Two classes of two tiny videos and ``left/v_left_g09_c01.mp4``, a FIFO: a run that opens it waits."""
     for name, dx in (("left", -1), ("right", 1)):
         for g in range(2):
             write_tiny_video(root / name / f"v_{name}_g{g:02d}_c01.mp4", seconds=1.0, size=(16, 16), dx=dx, seed=g)
     os.mkfifo(root / "left" / "v_left_g09_c01.mp4")
+    return root
+
+
+def test_kill_9_and_concurrent_runs(tmp_path):
+    """Runs blocked on a FIFO (a 'video' whose open() never returns) are mid-run for as long as the test wants."""
+    root = input_blocked_on_a_fifo(tmp_path / "raw")
     out = previous_records(tmp_path / "out")
     before = (out / "dataset.json").read_text()
     dead = set()
@@ -453,11 +458,7 @@ def _workers_of(pid: int) -> set[int]:
 
 def test_kill_9_of_a_multi_process_job_leaves_no_worker_running(tmp_path):
     """A worker blocked in open() on a FIFO stands for a stuck decoder: the killed job's workers still exit."""
-    root = tmp_path / "raw"
-    for name, dx in (("left", -1), ("right", 1)):
-        for g in range(2):
-            write_tiny_video(root / name / f"v_{name}_g{g:02d}_c01.mp4", seconds=1.0, size=(16, 16), dx=dx, seed=g)
-    os.mkfifo(root / "left" / "v_left_g09_c01.mp4")
+    root = input_blocked_on_a_fifo(tmp_path / "raw")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = ["--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)),
