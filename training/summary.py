@@ -30,9 +30,10 @@ _HEADLINE = (("video_accuracy", "video accuracy"), ("accuracy", "clip accuracy")
 
 
 def _store_exists(uri: str) -> bool:
-    if uri.startswith("sqlite:///"):
-        return os.path.exists(uri[len("sqlite:///") :])
-    return True  # a server or another database: ask it
+    from training.tracking.runs import sqlite_path
+
+    database = sqlite_path(uri)
+    return database is None or database.exists()  # a server or another database: ask it
 
 
 def champion(cfg: RegisterConfig) -> dict[str, Any] | None:

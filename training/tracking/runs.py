@@ -167,13 +167,9 @@ def store_lock(uri: str) -> Iterator[None]:
 
 
 def follow_moved_store(uri: str) -> dict[str, Any] | None:
-    """:func:`training.tracking.relocation.follow` for a sqlite store that exists (call it holding :func:`store_lock`)."""
+    """:func:`training.tracking.relocation.follow` for a sqlite store (call it holding :func:`store_lock`)."""
     database = sqlite_path(uri)
-    if database is None or not database.is_file():
-        return None
-    if not database.is_absolute():
-        database = Path(os.path.abspath(database))
-    return relocation.follow(database)
+    return None if database is None else relocation.follow(database)  # it checks the database is there
 
 
 def open_store() -> str:
@@ -184,7 +180,7 @@ def open_store() -> str:
     """
     uri = tracking_uri()
     database = sqlite_path(uri)
-    if database is not None and database.is_file():
+    if database is not None and database.is_file():  # store_lock would create a missing one
         with store_lock(uri):
             follow_moved_store(uri)
     mlflow.set_tracking_uri(uri)
