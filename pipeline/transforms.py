@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -191,7 +191,7 @@ class _WriteShard(beam.DoFn):
         self._split = split
         self._compressed = compressed
 
-    def process(self, shard: tuple[int, Sequence[tuple[int, bytes]]]) -> Iterator[str]:
+    def process(self, shard: tuple[int, Iterable[tuple[bytes, bytes]]]) -> Iterator[str]:
         index, keyed = shard
         path = FileSystems.join(self._output_dir, f".{self._split}-part-{index:05d}")
         compression = CompressionTypes.GZIP if self._compressed else CompressionTypes.UNCOMPRESSED
@@ -211,7 +211,7 @@ def _name_shards(parts: Sequence[str], output_dir: str, split: str, compressed: 
     return names
 
 
-def _assign_shard(keyed: tuple[int, bytes], total_bytes: int, max_bytes: int) -> tuple[int, tuple[int, bytes]]:
+def _assign_shard(keyed: tuple[bytes, bytes], total_bytes: int, max_bytes: int) -> tuple[int, tuple[bytes, bytes]]:
     return sharding.shard_of(keyed[0], sharding.shard_count(total_bytes, max_bytes)), keyed
 
 
