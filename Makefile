@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# uv's resolver for `make lock`: Linux, CPython 3.11 (what CI runs); the lock is for that platform.
+LOCK_PYTHON := 3.11
 
-.PHONY: install venv-here test demo ui bench clean clean-all
+.PHONY: install venv-here test demo ui bench lock check-latest clean clean-all
 
 install: venv-here $(STAMP)
 
@@ -15,12 +18,32 @@ venv-here:
 	@if [ -d $(VENV) ] && ! $(BIN)/python -P -c 'import os, sys, vidseq; sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(vidseq.__file__))) != os.path.realpath("."))' 2>/dev/null; then \
 	  echo "$(VENV) was made for another folder (the repository moved or was copied): making it again"; rm -rf $(VENV); fi
 
-# Re-installs only when pyproject.toml changed (or the venv is missing): quick and idempotent.
-$(STAMP): pyproject.toml
+# Installs exactly the lock (every package at its locked version, files checked against the locked
+# hashes; --no-deps: the lock is the whole resolution), then vidseq itself, editable, built with the
+# locked setuptools, then removes what the lock does not hold: `pip list` is the lock plus vidseq.
+# Re-installs only when the lock or pyproject.toml changed (or the venv is missing): quick and idempotent.
+$(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m vidseq.lockfile sync $(LOCK)
+	$(BIN)/python -m pip check
 	@touch $(STAMP)
+
+# The lock again, from the newest releases inside pyproject.toml's ranges (then `make test` says
+# whether they work, and `make install` installs them). Needs only the venv's python to bootstrap uv.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "$$(grep -m1 -o '^uv==[^ ]*' $(LOCK) || echo uv)"
+	$(BIN)/uv pip compile pyproject.toml --extra team --extra dev --generate-hashes --upgrade \
+	  --python-version $(LOCK_PYTHON) --custom-compile-command 'make lock' --quiet --output-file $(LOCK)
+
+# The newest releases inside the ranges, without the lock, in a throw-away venv: a smoke path on tiny
+# data (preprocess, 1-epoch train, evaluate, register, predict) and the list of what differs from the
+# lock. Exits non-zero when the smoke path fails. Not part of `make test`: an upstream release must
+# not block a landing; run it before `make lock`, or on a schedule.
+check-latest:
+	$(PYTHON) -m vidseq.check_latest --lock $(LOCK)
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -456,8 +456,41 @@ def _workers_of(pid: int) -> set[int]:
     return {p for p in below if "sdk_worker_main" in table[p][2]}
 
 
+def _is_shell(pid: int, table: dict[int, tuple[int, str, str]]) -> bool:
+    """Whether ``pid`` is the ``/bin/sh -c`` that Beam starts each worker through (it waits for its worker)."""
+    return os.path.basename(table[pid][2].split(" ", 1)[0]) in ("sh", "dash", "bash")
+
+
+def _blocked_on_a_fifo(pid: int) -> bool:
+    """Whether a thread of ``pid`` waits in ``open()`` of a FIFO for its writer (the kernel's wait channel)."""
+    for wchan in glob.glob(f"/proc/{pid}/task/*/wchan"):
+        try:
+            if Path(wchan).read_text().strip() in ("wait_for_partner", "fifo_open"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _connected(pid: int) -> bool:
+    """Whether ``pid`` holds a socket: a Beam worker opens its gRPC channels once its imports are done."""
+    for fd in glob.glob(f"/proc/{pid}/fd/*"):
+        try:
+            if os.readlink(fd).startswith("socket:"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_kill_9_of_a_multi_process_job_leaves_no_worker_running(tmp_path):
-    """A worker blocked in open() on a FIFO stands for a stuck decoder: the killed job's workers still exit."""
+    """A worker blocked in open() on a FIFO stands for a stuck decoder: the killed job's workers still exit.
+
+    The job is killed only once both workers are connected and one of them is decoding (blocked on
+    the FIFO): a worker still importing Beam when its job dies waits for the gone job's address for
+    Beam's 60 s connection timeout before it exits (Beam 2.78 imports pandas on start, so start-up
+    takes seconds on a loaded machine).
+    """
     root = input_blocked_on_a_fifo(tmp_path / "raw")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -466,25 +499,27 @@ def test_kill_9_of_a_multi_process_job_leaves_no_worker_running(tmp_path):
     job = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=tmp_path, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        workers: set[int] = set()
-        while len(workers) < 2 or not glob.glob(str(out) + ".staging-*"):
+        deadline = time.monotonic() + 240
+        workers: set[int] = set()  # the workers and the shells Beam starts them through
+        pythons: set[int] = set()
+        while len(pythons) < 2 or not all(map(_connected, pythons)) or not any(map(_blocked_on_a_fifo, pythons)):
             assert job.poll() is None, f"the job exited with {job.returncode}; the FIFO should hold it"
-            assert time.monotonic() < deadline, f"no two workers and staging folder in 120 s (workers {workers})"
+            assert time.monotonic() < deadline, f"no two connected workers, one on the FIFO, in 240 s ({pythons})"
             time.sleep(0.1)
+            table = _processes()
             workers |= _workers_of(job.pid)
-        time.sleep(1.0)  # the workers are decoding (one of them blocked on the FIFO)
+            pythons = {p for p in workers if p in table and not _is_shell(p, table)}
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 30
     while True:
         table = _processes()
         running = {p for p in workers if p in table and table[p][1] != "Z"}
         if not running or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert not running, f"workers {sorted(running)} still run 60 s after the job was killed"
+    assert not running, f"workers {sorted(running)} still run 30 s after the job was killed"
     os.unlink(root / "left" / "v_left_g09_c01.mp4")
     result = run_job("--input", str(root), "--output", str(out), "--params", str(write_params(tmp_path)), cwd=tmp_path, in_process=True)
     assert result.returncode == 0, result.stderr  # the lock died with the job; the dead staging folder is cleaned
