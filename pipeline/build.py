@@ -104,7 +104,7 @@ def _run_into(
     if not listing.classes:
         raise InputError(f"no usable videos in {input_path}: every entry failed listing ({listing.errors[0]['reason']})")
     staging.check_apart(output, [item.path for item in listing.items], what="the input video")
-    split_warnings = coverage.check(listing.items, listing.classes, cfg.splits)  # no train/val video: fails now
+    split_warnings = coverage.check(listing.items, listing.classes, cfg.splits)  # warnings, never a refusal
     logger.info(
         "found %d videos in %d classes under %s; running on %s",
         len(listing.items), len(listing.classes), input_path, parallel.describe(),
@@ -118,7 +118,8 @@ def _run_into(
     errors, _ = records.read_errors(stage_dir)  # the job wrote it: every line is an entry
     total = len(listing.items) + len(listing.errors)
     _check_error_fraction(errors, total, cfg, stage_dir, output)
-    split_warnings += coverage.clip_warnings(stats)
+    listed = {split: sum(n.values()) for split, n in coverage.video_counts(listing.items).items()}
+    split_warnings += coverage.clip_warnings(stats, listed)
     spec = records.DatasetSpec(
         sequence_length=cfg.sequence_length,
         height=cfg.height,
