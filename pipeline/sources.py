@@ -6,7 +6,9 @@ pipeline is built; the result is a list of :class:`VideoItem` that the Beam job 
 
 Splits are group-aware and deterministic: a stable hash of the group (the manifest's
 ``group`` column, UCF101's ``_gNN_`` part of the file name, else the video itself) picks the
-split, so all clips of one video and of one group land in one split, every run.
+split, so all clips of one video and of one group land in one split, every run. A manifest's
+``split`` column (``train``, ``val`` or ``test``) wins over the draw for its row, so published
+split lists (:mod:`pipeline.manifest`) are kept as published.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from vidseq.errors import VidseqError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("path", "label", "group")
+MANIFEST_COLUMNS = ("path", "label", "group", "split")
 _UCF_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 
 
@@ -45,7 +47,8 @@ class VideoItem:
         video_id: its path relative to the input root (or manifest folder): the record's ``video_id``.
         label: class name.
         group: videos of one group always share a split.
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val`` or ``test``; a manifest's ``split`` column sets it when listed,
+            else :func:`list_videos` draws it.
     """
 
     path: str
@@ -86,10 +89,11 @@ def list_videos(input_path: str, fractions: Mapping[str, float], salt: str = "vi
     if not listing.items and not listing.errors:
         raise InputError(
             f"no videos found under {input_path}: expected class folders (ROOT/<class>/<video>) "
-            "or a manifest CSV with columns path,label[,group]"
+            "or a manifest CSV with columns path,label[,group][,split]"
         )
     items = tuple(
-        dataclasses.replace(item, split=assign_split(item.group, fractions, salt)) for item in listing.items
+        item if item.split else dataclasses.replace(item, split=assign_split(item.group, fractions, salt))
+        for item in listing.items
     )
     return dataclasses.replace(listing, items=items)
 
@@ -166,7 +170,7 @@ def _list_manifest(manifest: str) -> Listing:
         raise InputError(
             f"manifest {manifest} has columns {columns}"
             + (f", unknown: {unknown}" if unknown else "")
-            + "; expected path,label[,group]"
+            + "; expected path,label[,group][,split]"
         )
     base = posixpath.dirname(manifest) if "://" in manifest else os.path.dirname(manifest)
     items, errors = [], []
@@ -180,8 +184,14 @@ def _list_manifest(manifest: str) -> Listing:
         if not FileSystems.exists(path):
             errors.append({"path": rel, "reason": f"file not found (manifest line {line}): {path}", "stage": "list"})
             continue
+        split = row.get("split", "")
+        if split and split not in SPLITS:
+            raise InputError(
+                f"manifest {manifest} line {line}: split {split!r} is not one of {', '.join(SPLITS)}: "
+                "fix the split column (or leave it empty to draw the split from the group)"
+            )
         group = row.get("group") or group_of(rel, label)
-        items.append(VideoItem(path=path, video_id=rel, label=label, group=group))
+        items.append(VideoItem(path=path, video_id=rel, label=label, group=group, split=split))
     items.sort(key=lambda item: item.video_id)
     classes = tuple(sorted({item.label for item in items}))
     return Listing(items=tuple(items), classes=classes, errors=tuple(errors))
