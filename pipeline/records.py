@@ -226,12 +226,15 @@ class DatasetSpec:
         errors: number of input videos that produced no clip.
         compression: ``none`` or ``gzip`` (how the shards are compressed).
         sampling: the preprocessing parameters that produced the records.
-        decode: what decoding cost, summed over the videos that gave clips:
-            ``mode`` (``preprocess.decode``), ``frames_decoded``, ``frames_kept`` (distinct frames in the records),
-            ``videos_seek`` / ``videos_sequential`` (how each video was decoded, see
-            ``preprocess.decode``) and ``videos_shorter_than_stated`` (files holding less than
-            their header states, planned on what they hold). Empty in a ``dataset.json``
-            written before the key existed, which is still read.
+        decode: what this run cost, summed over the videos that gave clips:
+            ``mode`` (``preprocess.decode``), ``frames_decoded`` (in this run), ``frames_kept``
+            (distinct frames in the records), ``videos_seek`` / ``videos_sequential`` (how each
+            video decoded in this run was decoded, see ``preprocess.decode``),
+            ``videos_shorter_than_stated`` (files holding less than their header states, planned
+            on what they hold), ``videos_reused`` (videos whose clips came from the reuse cache,
+            :mod:`pipeline.reuse`, not decoded) and ``videos_hashed`` (files read to hash their
+            content, every video without a remembered hash, failed ones included). Empty in a
+            ``dataset.json`` written before the key existed, which is still read.
         warnings: what the preprocessing warned about the splits (a split empty or without a
             class: :mod:`pipeline.coverage`); empty when every split has every class.
         format_version: version of this contract.
