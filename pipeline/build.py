@@ -94,6 +94,7 @@ def run(
     options = PipelineOptions(_quiet_direct_workers(list(parallel.beam_args)) if parallel.workers else list(parallel.beam_args))
     FileSystems.set_options(options)
     if cache_dir:
+        staging.check_apart(output, [input_path])  # that refusal first: it names the output
         _check_cache_place(cache_dir, output, input_path)
     with staging.claim(output, input_path) as stage_dir:
         try:
@@ -135,10 +136,7 @@ def _run_into(
     hashed = transforms.read_hashes(stage_dir)
     decode = {"mode": cfg.decode, **transforms.read_decode_counts(stage_dir), "videos_hashed": len(hashed)}
     if cache is not None:
-        reuse.write_memo(cache.root, reuse.memo_rows(listing.items, hashed))
-        used = {item.content for item in listing.items if item.content} | {row["sha256"] for row in hashed}
-        kept = reuse.keep(cache.root, cache.fingerprint, used)
-        logger.info("reuse cache %s: %d entries for these parameters, %d stale deleted", cache.root, kept["entries"], kept["deleted"])
+        _update_cache(cache, listing.items, hashed)
     errors, _ = records.read_errors(stage_dir)  # the job wrote it: every line is an entry
     total = len(listing.items) + len(listing.errors)
     _check_error_fraction(errors, total, cfg, stage_dir, output)
@@ -184,6 +182,18 @@ def _run_into(
         warnings=len(split_warnings),
         reused=decode["videos_reused"],
     )
+
+
+def _update_cache(cache: reuse.Cache, items, hashed: list[dict]) -> None:
+    """Remembers this run's hashes and deletes entries no later run will reuse; a failure costs the next run time only."""
+    try:
+        reuse.write_memo(cache.root, reuse.memo_rows(items, hashed))
+        used = {item.content for item in items if item.content} | {row["sha256"] for row in hashed}
+        kept = reuse.keep(cache.root, cache.fingerprint, used)
+    except OSError as exc:
+        logger.warning("the reuse cache %s was not updated (%s): the next run hashes or decodes more", cache.root, exc)
+        return
+    logger.info("reuse cache %s: %d entries for these parameters, %d stale deleted", cache.root, kept["entries"], kept["deleted"])
 
 
 def _check_cache_place(cache_dir: str, output: str, input_path: str) -> None:
