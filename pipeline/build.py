@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         description="Decode raw videos into TFRecord shards of fixed-length clips plus dataset.json. "
         "Unknown flags are Beam pipeline options (--runner, --direct_num_workers, --project, ...).",
     )
-    parser.add_argument("--input", required=True, help="folder of class folders, or a manifest CSV (path,label[,group])")
+    parser.add_argument("--input", required=True, help="folder of class folders, or a manifest CSV (path,label[,group][,split])")
     parser.add_argument("--output", required=True, help="records folder (local, gs://, s3://, ...); replaced on success if new, empty or a records output")
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params YAML; its preprocess section is read")
     cache = parser.add_mutually_exclusive_group()
@@ -121,7 +121,13 @@ def _run_into(
     staging.check_apart(output, [item.path for item in listing.items], what="the input video")
     cache = reuse.Cache(cache_dir, reuse.fingerprint(cfg)) if cache_dir else None
     if cache is not None:
-        staging.check_apart(cache_dir, [item.path for item in listing.items], what="the input video")
+        for item in listing.items:  # a manifest may list videos anywhere
+            relation = staging.overlap(cache_dir, item.path)
+            if relation:
+                raise staging.OutputError(
+                    f"--cache {cache_dir} {relation} the input video {item.path}: "
+                    f"choose another --cache (the default is {reuse.default_dir(output)}, beside the output)"
+                )
         listing = dataclasses.replace(listing, items=reuse.known(listing.items, reuse.read_memo(cache_dir)))
     split_warnings = coverage.check(listing.items, listing.classes, cfg.splits)  # warnings, never a refusal
     logger.info(

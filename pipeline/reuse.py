@@ -178,7 +178,7 @@ class Cache:
                 return None
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 return unpack(handle.read())
-        except CorruptEntry as exc:
+        except (CorruptEntry, OSError) as exc:  # a damaged entry, or a store that failed to give it: decode
             logger.warning("cache entry %s is ignored and decoded again: %s", path, exc)
             return None
 
