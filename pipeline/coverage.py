@@ -1,12 +1,12 @@
-"""Split coverage: which classes each split holds, what to warn about, and when training cannot work.
+"""Split coverage: which classes each split holds, and what to warn about; never a refusal.
 
-Pure (no Beam): the preprocessing job calls :func:`check` on the listing before any decoding,
-so a dataset too small for its splits fails in seconds with one line saying what to change,
-and :func:`clip_warnings` on the clip counts after decoding. The minimum: training needs at
-least one video in ``train`` and one in ``val`` (early stopping and the kept weights are
-chosen on ``val``); every class in every split with a non-zero fraction is what makes the
-metrics mean something, so a split without a class, or an empty ``test`` split, is a warning
-(printed and stored in ``dataset.json`` ``warnings``).
+Pure (no Beam): the preprocessing job calls :func:`check` on the listing before any decoding
+and :func:`clip_warnings` on the clip counts after it. Any listing preprocesses: one video,
+a test set alone (``preprocess.splits: {test: 1.0}``), a shard of a larger listing. A split
+that is empty or lacks a class makes its metrics mean less, so it is a warning (printed,
+counted in the summary line and stored in ``dataset.json`` ``warnings``). Whether the records
+hold what a stage needs (train and val clips for training, the evaluated split for
+evaluation) is checked by that stage (:func:`pipeline.records.require_splits`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from vidseq.errors import VidseqError
-
-REQUIRED = ("train", "val")  # training cannot run without clips in these
-
-
-class CoverageError(VidseqError):
-    """A split that training needs (``train``, ``val``) gets no video or no clip."""
+from pipeline.records import SPLITS
 
 
 class _Item(Protocol):
@@ -39,7 +33,10 @@ def video_counts(items: Iterable[_Item]) -> dict[str, dict[str, int]]:
 
 
 def check(items: Sequence[_Item], classes: Sequence[str], fractions: Mapping[str, float]) -> list[str]:
-    """Checks that the listing's splits can train a model; returns the warnings.
+    """The warnings about the listing's splits.
+
+    A split counts when ``preprocess.splits`` gives it a fraction or a manifest's ``split``
+    column puts a video into it; each such split that is empty or lacks a class gets a warning.
 
     Args:
         items: the listed videos (``label``, ``group``, ``split``).
@@ -47,27 +44,21 @@ def check(items: Sequence[_Item], classes: Sequence[str], fractions: Mapping[str
         fractions: ``preprocess.splits``.
 
     Returns:
-        One sentence per split (with a non-zero fraction) that is empty or lacks a class.
-
-    Raises:
-        CoverageError: if ``train`` or ``val`` gets no video.
+        One sentence per split that is empty or lacks a class, in train, val, test order.
     """
     counts = video_counts(items)
     groups = len({(item.label, item.group) for item in items})
-    for split in REQUIRED:
-        if not counts.get(split):
-            raise CoverageError(
-                f"split {split!r} gets no video: {len(items)} videos in {groups} groups are too few for "
-                f"preprocess.splits {_fractions(fractions)}; training needs at least one video in train and "
-                "one in val: add videos (or groups), or change preprocess.splits or preprocess.split_salt"
-            )
     warnings = []
-    for split, fraction in fractions.items():
-        if fraction <= 0:
+    for split in SPLITS:
+        if fractions.get(split, 0.0) <= 0 and split not in counts:
             continue
         present = counts.get(split, {})
         if not present:
-            warnings.append(f"split {split!r} is empty: its metrics cannot be computed; add videos (or groups)")
+            warnings.append(
+                f"split {split!r} is empty ({len(items)} videos in {groups} groups drew no {split} video "
+                f"for preprocess.splits {_fractions(fractions)}): its metrics cannot be computed; "
+                "add videos (or groups), or change preprocess.splits or preprocess.split_salt"
+            )
             continue
         missing = [name for name in classes if name not in present]
         if missing:
@@ -78,17 +69,18 @@ def check(items: Sequence[_Item], classes: Sequence[str], fractions: Mapping[str
     return warnings
 
 
-def clip_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """After decoding: a warning for ``train`` or ``val`` without clips (all its videos failed).
+def clip_warnings(splits: Mapping[str, Mapping[str, int]], listed: Mapping[str, int]) -> list[str]:
+    """After decoding: a warning for each split whose listed videos all failed.
 
-    Not an error: the job's output is still right (``errors.jsonl`` says why each failed), but
-    training on it stops at once, so the user hears it now.
+    Args:
+        splits: the decoded ``{split: {clips, videos}}``.
+        listed: videos listed per split (before decoding).
     """
     return [
-        f"split {split!r} has no clips: every one of its videos failed (see errors.jsonl); training needs clips "
-        "in train and val: fix or replace those videos"
-        for split in REQUIRED
-        if not splits.get(split, {}).get("clips")
+        f"split {split!r} has no clips: every one of its {listed[split]} video(s) failed (see errors.jsonl): "
+        "fix or replace those videos"
+        for split in SPLITS
+        if listed.get(split) and not splits.get(split, {}).get("clips")
     ]
 
 

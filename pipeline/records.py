@@ -226,12 +226,15 @@ class DatasetSpec:
         errors: number of input videos that produced no clip.
         compression: ``none`` or ``gzip`` (how the shards are compressed).
         sampling: the preprocessing parameters that produced the records.
-        decode: what decoding cost, summed over the videos that gave clips:
-            ``mode`` (``preprocess.decode``), ``frames_decoded``, ``frames_kept`` (distinct frames in the records),
-            ``videos_seek`` / ``videos_sequential`` (how each video was decoded, see
-            ``preprocess.decode``) and ``videos_shorter_than_stated`` (files holding less than
-            their header states, planned on what they hold). Empty in a ``dataset.json``
-            written before the key existed, which is still read.
+        decode: what this run cost, summed over the videos that gave clips:
+            ``mode`` (``preprocess.decode``), ``frames_decoded`` (in this run), ``frames_kept``
+            (distinct frames in the records), ``videos_seek`` / ``videos_sequential`` (how each
+            video decoded in this run was decoded, see ``preprocess.decode``),
+            ``videos_shorter_than_stated`` (files holding less than their header states, planned
+            on what they hold), ``videos_reused`` (videos whose clips came from the reuse cache,
+            :mod:`pipeline.reuse`, not decoded) and ``videos_hashed`` (files read to hash their
+            content, every video without a remembered hash, failed ones included). Empty in a
+            ``dataset.json`` written before the key existed, which is still read.
         warnings: what the preprocessing warned about the splits (a split empty or without a
             class: :mod:`pipeline.coverage`); empty when every split has every class.
         format_version: version of this contract.
@@ -392,6 +395,44 @@ def read_spec(records_dir: str) -> DatasetSpec:
     if text is None:
         raise MissingFileError(f"{path} not found: run preprocessing first (python -m pipeline --output {records_dir})")
     return DatasetSpec.from_json(text, source=path)
+
+
+class MissingSplitError(VidseqError, ValueError):
+    """The records lack a split that a stage needs (no clips in it); raised before any TensorFlow work."""
+
+
+def require_splits(spec: DatasetSpec, needed: Sequence[str], records_dir: str, purpose: str, fix: str) -> None:
+    """Refuses records whose ``dataset.json`` counts no clips in one of ``needed``.
+
+    Preprocessing makes records of any listing (a test set alone, one video); each stage
+    states what it needs before it starts. A ``dataset.json`` that does not count a split
+    (older records) is left to the stage's own reading.
+
+    Args:
+        spec: the records' ``dataset.json``.
+        needed: the splits the stage needs, in order.
+        records_dir: where the records are, for the message.
+        purpose: what needs them, e.g. ``training needs clips in train and val``.
+        fix: the other way out besides re-running preprocessing, e.g. ``set evaluate.split``.
+
+    Raises:
+        MissingSplitError: one line naming the first empty split, the counts, and what to change.
+    """
+    if not spec.splits:
+        return
+    for split in needed:
+        clips = spec.splits.get(split, {}).get("clips")
+        if clips is None and split in spec.splits:
+            continue  # counted without clips: the stage reads the shards itself
+        if not clips:
+            fractions = dict(spec.sampling.get("splits") or {})
+            counts = ", ".join(f"{name} {int(c.get('clips') or 0)}" for name, c in spec.splits.items())
+            raise MissingSplitError(
+                f"{records_dir} has no clips in split {split!r} (clips per split: {counts}; made with "
+                f"preprocess.splits {json.dumps(fractions)}): {purpose}; re-run preprocessing with a "
+                f"preprocess.splits that gives {split} a fraction, more videos (or groups), or a manifest "
+                f"split column that names {split}, or {fix}"
+            )
 
 
 def read_errors(records_dir: str) -> tuple[list[dict[str, Any]], list[str]]:

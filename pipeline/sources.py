@@ -6,7 +6,9 @@ pipeline is built; the result is a list of :class:`VideoItem` that the Beam job 
 
 Splits are group-aware and deterministic: a stable hash of the group (the manifest's
 ``group`` column, UCF101's ``_gNN_`` part of the file name, else the video itself) picks the
-split, so all clips of one video and of one group land in one split, every run.
+split, so all clips of one video and of one group land in one split, every run. A manifest's
+``split`` column (``train``, ``val`` or ``test``) wins over the draw for its row, so published
+split lists (:mod:`pipeline.manifest`) are kept as published.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import posixpath
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -28,7 +31,7 @@ from vidseq.errors import VidseqError
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("path", "label", "group")
+MANIFEST_COLUMNS = ("path", "label", "group", "split")
 _UCF_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)
 
 
@@ -45,7 +48,12 @@ class VideoItem:
         video_id: its path relative to the input root (or manifest folder): the record's ``video_id``.
         label: class name.
         group: videos of one group always share a split.
-        split: ``train``, ``val`` or ``test``.
+        split: ``train``, ``val`` or ``test``; a manifest's ``split`` column sets it when listed,
+            else :func:`list_videos` draws it.
+        stat: what the listing says of the file (:func:`stat_of`), for the reuse cache's hash memo.
+        modified: its last-modified time, seconds since the epoch (0: unknown).
+        content: SHA-256 of its bytes when the memo knows it for this ``stat``
+            (:mod:`pipeline.reuse`); empty: the worker hashes the file.
     """
 
     path: str
@@ -53,6 +61,9 @@ class VideoItem:
     label: str
     group: str
     split: str = ""
+    stat: str = ""
+    modified: float = 0.0
+    content: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,10 +97,11 @@ def list_videos(input_path: str, fractions: Mapping[str, float], salt: str = "vi
     if not listing.items and not listing.errors:
         raise InputError(
             f"no videos found under {input_path}: expected class folders (ROOT/<class>/<video>) "
-            "or a manifest CSV with columns path,label[,group]"
+            "or a manifest CSV with columns path,label[,group][,split]"
         )
     items = tuple(
-        dataclasses.replace(item, split=assign_split(item.group, fractions, salt)) for item in listing.items
+        item if item.split else dataclasses.replace(item, split=assign_split(item.group, fractions, salt))
+        for item in listing.items
     )
     return dataclasses.replace(listing, items=items)
 
@@ -105,7 +117,7 @@ def _is_manifest(path: str) -> bool:
 def _list_class_folders(root: str) -> Listing:
     if not FileSystems.exists(root) and not _has_children(root):
         raise InputError(f"input path {root} does not exist: pass a folder of class folders or a manifest CSV")
-    files = [m.path for m in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list]
+    files = {m.path: m for m in FileSystems.match([FileSystems.join(root, "**")])[0].metadata_list}
     items, errors = [], []
     for path in sorted(files):
         rel = _relative(root, path)
@@ -121,7 +133,9 @@ def _list_class_folders(root: str) -> Listing:
                 }
             )
             continue
-        items.append(VideoItem(path=path, video_id=rel, label=parts[0], group=group_of(rel, parts[0])))
+        stat, modified = stat_of(path, files[path])
+        items.append(VideoItem(path=path, video_id=rel, label=parts[0], group=group_of(rel, parts[0]),
+                               stat=stat, modified=modified))  # fmt: skip
     classes = tuple(sorted({item.label for item in items}))
     warnings = tuple(
         f"class folder {name!r} holds no videos and is left out of the classes"
@@ -166,7 +180,7 @@ def _list_manifest(manifest: str) -> Listing:
         raise InputError(
             f"manifest {manifest} has columns {columns}"
             + (f", unknown: {unknown}" if unknown else "")
-            + "; expected path,label[,group]"
+            + "; expected path,label[,group][,split]"
         )
     base = posixpath.dirname(manifest) if "://" in manifest else os.path.dirname(manifest)
     items, errors = [], []
@@ -177,14 +191,57 @@ def _list_manifest(manifest: str) -> Listing:
             errors.append({"path": rel or f"{manifest}:{line}", "reason": f"manifest line {line} lacks path or label", "stage": "list"})
             continue
         path = rel if ("://" in rel or os.path.isabs(rel)) else FileSystems.join(base, rel)
-        if not FileSystems.exists(path):
+        found, metadata = _find(path)
+        if not found:
             errors.append({"path": rel, "reason": f"file not found (manifest line {line}): {path}", "stage": "list"})
             continue
+        split = row.get("split", "")
+        if split and split not in SPLITS:
+            raise InputError(
+                f"manifest {manifest} line {line}: split {split!r} is not one of {', '.join(SPLITS)}: "
+                "fix the split column (or leave it empty to draw the split from the group)"
+            )
         group = row.get("group") or group_of(rel, label)
-        items.append(VideoItem(path=path, video_id=rel, label=label, group=group))
+        stat, modified = stat_of(path, metadata)
+        items.append(VideoItem(path=path, video_id=rel, label=label, group=group, split=split, stat=stat, modified=modified))
     items.sort(key=lambda item: item.video_id)
     classes = tuple(sorted({item.label for item in items}))
     return Listing(items=tuple(items), classes=classes, errors=tuple(errors))
+
+
+def _find(path: str) -> tuple[bool, Any | None]:
+    """Whether a manifest's file exists, and its listing metadata where the store gives it.
+
+    One request per file on an object store, as the existence check alone costs; locally
+    :func:`stat_of` reads the stat itself.
+    """
+    if "://" not in path:
+        return os.path.isfile(path), None
+    if any(c in path for c in "*?["):  # a name, not a pattern: checked as such, without metadata
+        return FileSystems.exists(path), None
+    try:
+        found = FileSystems.match([path])[0].metadata_list
+    except Exception:  # noqa: BLE001 - a missing object fails the match; exists() tells it from a bad store
+        return FileSystems.exists(path), None
+    return bool(found), (found[0] if found else None)
+
+
+def stat_of(path: str, metadata: Any | None) -> tuple[str, float]:
+    """A file's stat for the hash memo and its last-modified time (seconds since the epoch).
+
+    Local: size, ``st_mtime_ns``, inode. Elsewhere: size and last-modified time from the
+    listing's ``FileMetadata`` (``""`` when the store gives no time: such a file is always hashed).
+    """
+    if "://" not in path:
+        try:
+            st = os.stat(path)
+        except OSError:  # gone since the listing: decoding reports it
+            return "", 0.0
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}", st.st_mtime
+    updated = float(getattr(metadata, "last_updated_in_seconds", 0.0) or 0.0)
+    if metadata is None or not updated:
+        return "", 0.0
+    return f"{metadata.size_in_bytes}:{updated!r}", updated
 
 
 def group_of(video_id: str, label: str) -> str:

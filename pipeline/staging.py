@@ -75,27 +75,31 @@ def _leftover(name: str, base: str) -> bool:
 # --------------------------------------------------------------------------- checks
 
 
+def overlap(path: str, other: str) -> str | None:
+    """How ``path`` relates to ``other``: ``is``, ``contains``, ``lies inside``, or ``None`` when apart."""
+    a, b = _norm(path), _norm(other)
+    if a == b:
+        return "is"
+    if _within(b, a):
+        return "contains"
+    if _within(a, b):
+        return "lies inside"
+    return None
+
+
 def check_apart(output: str, inputs: Iterable[str], what: str = "the input") -> None:
     """Refuses an ``output`` that is, contains or lies inside one of ``inputs``.
 
     Raises:
         OutputError: naming both paths and the fix.
     """
-    out = _norm(output)
     for path in inputs:
-        inp = _norm(path)
-        if inp == out:
-            relation = "is"
-        elif _within(inp, out):
-            relation = "contains"
-        elif _within(out, inp):
-            relation = "lies inside"
-        else:
-            continue
-        raise OutputError(
-            f"--output {output} {relation} {what} {path}: replacing it would delete input; "
-            "choose an output folder outside the input"
-        )
+        relation = overlap(output, path)
+        if relation:
+            raise OutputError(
+                f"--output {output} {relation} {what} {path}: replacing it would delete input; "
+                "choose an output folder outside the input"
+            )
 
 
 def _is_records_output(names: list[str], read_dataset_json) -> bool:

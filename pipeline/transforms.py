@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics import Metrics
 
-from pipeline import records, sharding, video, watchdog
+from pipeline import records, reuse, sharding, video, watchdog
 from pipeline.sources import VideoItem
 from vidseq.params import PreprocessConfig
 
@@ -40,10 +40,12 @@ NAMESPACE = "vidseq"
 ERRORS_TAG = "errors"
 VIDEOS_TAG = "videos"
 CRASHED_TAG = "crashed"
+HASHES_TAG = "hashes"
 STATS_FILE = "stats.jsonl"
+HASHES_FILE = "hashes.jsonl"  # content hashes computed in this run, for the reuse cache's memo
 # Per video, in the ``videos`` output and stats.jsonl: summed per split, then over splits.
 VIDEO_COUNTS = ("clips", "videos", "frames_decoded", "frames_kept", "videos_seek", "videos_sequential",
-                "videos_shorter_than_stated")  # fmt: skip
+                "videos_shorter_than_stated", "videos_reused")  # fmt: skip
 DECODE_COUNTS = VIDEO_COUNTS[2:]
 
 
@@ -62,22 +64,34 @@ def error_record(path: str, reason: str, stage: str) -> dict:
 
 
 class DecodeVideoFn(beam.DoFn):
-    """Decodes one video into encoded clip records; a bad video goes to the ``errors`` output.
+    """Decodes one video into encoded clip records (or reuses its cached clips); a bad video goes to ``errors``.
 
     A video's clips are emitted only once the whole video decoded, so a file that breaks half
     way is in ``errors.jsonl`` and in no record: every input is in exactly one of the two.
+    With a reuse cache (:mod:`pipeline.reuse`), a video whose content hash the memo does not
+    know is hashed first (its row goes to the ``hashes`` output); a video whose content and
+    parameters have an entry is not decoded: its clips are encoded from the entry, with this
+    run's label and ``video_id``, into the same records decoding would give.
 
     Args:
         cfg: the ``preprocess`` parameters.
         classes: class names; position is the label.
         decoder_threads: FFmpeg threads per video (``None``: ``cfg.decode_threads``); the
             driver sets it so that workers × threads fills the cores without oversubscribing.
+        cache: the reuse cache, or ``None`` to decode every video.
     """
 
-    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str], decoder_threads: int | None = None):
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        classes: Sequence[str],
+        decoder_threads: int | None = None,
+        cache: reuse.Cache | None = None,
+    ):
         self._cfg = cfg
         self._decode_cfg = dataclasses.replace(cfg, decode_threads=decoder_threads) if decoder_threads else cfg
         self._label_of = {name: index for index, name in enumerate(classes)}
+        self._cache = cache
         self._read = Metrics.counter(NAMESPACE, "videos_read")
         self._ok = Metrics.counter(NAMESPACE, "videos_ok")
         self._clips = Metrics.counter(NAMESPACE, "clips_written")
@@ -85,6 +99,8 @@ class DecodeVideoFn(beam.DoFn):
         self._frames_decoded = Metrics.counter(NAMESPACE, "frames_decoded")
         self._frames_kept = Metrics.counter(NAMESPACE, "frames_kept")
         self._abandoned = Metrics.counter(NAMESPACE, "decoders_abandoned")
+        self._reused = Metrics.counter(NAMESPACE, "videos_reused")
+        self._hashed = Metrics.counter(NAMESPACE, "videos_hashed")
         self._decode_ms = Metrics.distribution(NAMESPACE, "video_decode_ms")
 
     def process(self, item: VideoItem) -> Iterator:
@@ -92,8 +108,23 @@ class DecodeVideoFn(beam.DoFn):
         started = time.perf_counter()
         stats = video.DecodeStats()
         limit = watchdog_limit_s(self._cfg.video_timeout_s)
+        entry = None
+        content = item.content
         try:
-            encoded = watchdog.call_with_limit(lambda: list(self._encode(item, stats)), limit)
+            if self._cache is not None:
+                if not content:
+                    read_at = time.time()
+                    content = watchdog.call_with_limit(lambda: reuse.hash_file(item.path), limit, "vidseq-hash")
+                    self._hashed.inc()
+                    row = {"path": item.path, "stat": item.stat, "sha256": content,
+                           "settled": reuse.settled(item.modified, read_at)}  # fmt: skip
+                    yield beam.pvalue.TaggedOutput(HASHES_TAG, json.dumps(row, sort_keys=True))
+                entry = self._cache.read(content)
+            if entry is None:
+                clips = watchdog.call_with_limit(lambda: list(self._decode(item, stats)), limit)
+            else:
+                clips = list(entry.clips)
+                stats.frames_kept, stats.shorter_than_stated = entry.frames_kept, entry.shorter_than_stated
         except watchdog.Abandoned:
             self._abandoned.inc()
             yield self._fail(
@@ -111,30 +142,41 @@ class DecodeVideoFn(beam.DoFn):
             return
         finally:
             self._frames_decoded.inc(stats.frames_decoded)  # failed videos cost decoding too
-        if not encoded:
+        if not clips:
             yield self._fail(item, "decoded but produced no clip", "sample")
             return
+        if entry is None and self._cache is not None:
+            self._store(item, content, clips, stats)
+        label = self._label_of[item.label]
+        encoded = [
+            records.encode_clip(c.frames, label, item.label, item.video_id, c.frame_indices, c.timestamps) for c in clips
+        ]
         self._ok.inc()
+        self._reused.inc(int(entry is not None))
         self._clips.inc(len(encoded))
         self._frames_kept.inc(stats.frames_kept)
         self._decode_ms.update(int((time.perf_counter() - started) * 1000))
-        counts = (len(encoded), 1, stats.frames_decoded, stats.frames_kept, int(stats.mode == "seek"),
-                  int(stats.mode != "seek"), int(stats.shorter_than_stated))  # fmt: skip
+        decoded = entry is None
+        counts = (len(encoded), 1, stats.frames_decoded, stats.frames_kept, int(decoded and stats.mode == "seek"),
+                  int(decoded and stats.mode != "seek"), int(stats.shorter_than_stated), int(not decoded))  # fmt: skip
         yield beam.pvalue.TaggedOutput(VIDEOS_TAG, (item.split, counts))
         for record in encoded:
             yield (item.split, record)
 
-    def _encode(self, item: VideoItem, stats: video.DecodeStats) -> Iterator[bytes]:
-        label = self._label_of[item.label]
+    def _decode(self, item: VideoItem, stats: video.DecodeStats) -> Iterator[video.EncodedClip]:
         with FileSystems.open(
             item.path, mime_type="application/octet-stream", compression_type=CompressionTypes.UNCOMPRESSED
         ) as handle:
-            for clip in video.iter_clips(
+            yield from video.iter_clips(
                 handle, self._decode_cfg, name=item.video_id, timeout_s=self._cfg.video_timeout_s, stats=stats
-            ):
-                yield records.encode_clip(
-                    clip.frames, label, item.label, item.video_id, clip.frame_indices, clip.timestamps
-                )
+            )
+
+    def _store(self, item: VideoItem, content: str, clips: list, stats: video.DecodeStats) -> None:
+        """Writes the video's cache entry; a cache that cannot be written costs the next run time, not this run."""
+        try:
+            self._cache.write(content, reuse.Entry(tuple(clips), stats.frames_kept, stats.shorter_than_stated))
+        except OSError as exc:
+            logger.warning("%s: its clips are not cached (%s); the next run decodes it again", item.video_id, exc)
 
     def _fail(self, item: VideoItem, reason: str, stage: str) -> beam.pvalue.TaggedOutput:
         self._failed.inc()
@@ -147,31 +189,40 @@ class DecodeClips(beam.PTransform):
     """``VideoItem`` s -> a dict of PCollections.
 
     ``clips``: (split, record bytes); ``videos``: (split, counts) per decoded video, the
-    counts named by :data:`VIDEO_COUNTS`;
+    counts named by :data:`VIDEO_COUNTS`; ``hashes``: a JSON line per video hashed in this run
+    (with a reuse cache);
     ``errors``: ``{path, reason, stage}`` per video without clips, including videos whose
     decoding raised something unexpected (Beam's ``with_exception_handling`` dead letters,
     stage ``crash``), so one bad file never fails the job.
     """
 
-    def __init__(self, cfg: PreprocessConfig, classes: Sequence[str], decoder_threads: int | None = None):
+    def __init__(
+        self,
+        cfg: PreprocessConfig,
+        classes: Sequence[str],
+        decoder_threads: int | None = None,
+        cache: reuse.Cache | None = None,
+    ):
         super().__init__()
         self._cfg = cfg
         self._classes = tuple(classes)
         self._threads = decoder_threads
+        self._cache = cache
 
     def expand(self, videos):
         decoded = (
             videos
             | "SpreadVideos" >> beam.Reshuffle()
             | "Decode"
-            >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes, self._threads))
-            .with_output_types(Any, **{ERRORS_TAG: Any, VIDEOS_TAG: Any})  # declared, so Beam does not warn
-            .with_outputs(ERRORS_TAG, VIDEOS_TAG, main="clips")
+            >> beam.ParDo(DecodeVideoFn(self._cfg, self._classes, self._threads, self._cache))
+            .with_output_types(Any, **{ERRORS_TAG: Any, VIDEOS_TAG: Any, HASHES_TAG: Any})  # declared: no Beam warning
+            .with_outputs(ERRORS_TAG, VIDEOS_TAG, HASHES_TAG, main="clips")
             .with_exception_handling(dead_letter_tag=CRASHED_TAG)  # a bug or library failure on one video
         )
         crashed = decoded[CRASHED_TAG] | "CrashReports" >> beam.MapTuple(_crash_record)
         errors = (decoded[ERRORS_TAG], crashed) | "AllDecodeErrors" >> beam.Flatten()
-        return {"clips": decoded["clips"], VIDEOS_TAG: decoded[VIDEOS_TAG], ERRORS_TAG: errors}
+        return {"clips": decoded["clips"], VIDEOS_TAG: decoded[VIDEOS_TAG], ERRORS_TAG: errors,
+                HASHES_TAG: decoded[HASHES_TAG]}  # fmt: skip
 
 
 def _crash_record(item: VideoItem, error) -> dict:
@@ -299,6 +350,12 @@ def read_stats(output_dir: str) -> dict[str, dict[str, int]]:
     return stats
 
 
+def read_hashes(output_dir: str) -> list[dict]:
+    """The content hashes :class:`DecodeVideoFn` computed in this run: ``{path, stat, sha256, settled}`` each."""
+    text = records.read_text(output_dir, HASHES_FILE) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def read_decode_counts(output_dir: str) -> dict[str, int]:
     """The decode counts (:data:`DECODE_COUNTS`) of :class:`WriteStats`, summed over the splits."""
     totals = dict.fromkeys(DECODE_COUNTS, 0)
@@ -316,10 +373,11 @@ def build(
     cfg: PreprocessConfig,
     output_dir: str,
     decoder_threads: int | None = None,
+    cache: reuse.Cache | None = None,
 ) -> None:
     """Adds the whole preprocessing graph to ``pipeline``, writing into ``output_dir``."""
     videos = pipeline | "ListVideos" >> beam.Create(list(items), reshuffle=False)
-    decoded = videos | "DecodeClips" >> DecodeClips(cfg, classes, decoder_threads)
+    decoded = videos | "DecodeClips" >> DecodeClips(cfg, classes, decoder_threads, cache)
     by_split = decoded["clips"] | "BySplit" >> beam.Partition(lambda kv, _: records.SPLITS.index(kv[0]), len(records.SPLITS))
     for split, split_clips in zip(records.SPLITS, by_split):
         (
@@ -328,6 +386,9 @@ def build(
             | f"Write{split.title()}" >> WriteClips(output_dir, split, cfg)
         )
     decoded[VIDEOS_TAG] | "WriteStats" >> WriteStats(output_dir)
+    decoded[HASHES_TAG] | "WriteHashes" >> beam.io.WriteToText(
+        FileSystems.join(output_dir, HASHES_FILE), shard_name_template="", num_shards=1, skip_if_empty=True
+    )
     listed = pipeline | "ListingErrors" >> beam.Create([dict(e) for e in listing_errors], reshuffle=False)
     (
         (decoded[ERRORS_TAG], listed)

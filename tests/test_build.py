@@ -295,7 +295,8 @@ def test_rerun_replaces_previous_output(dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert not (out / "val-00000-of-00001.tfrecord.gz").exists()
     assert records.read_spec(str(out)).classes == ("down", "left", "right")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "records"]  # no lock, old or staging left
+    # no lock, old or staging left; the reuse cache lies beside the output (pipeline.reuse)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "records", "records.cache"]
 
 
 def test_manifest_input_with_missing_row(dataset, tmp_path):
@@ -427,7 +428,7 @@ def test_kill_9_and_concurrent_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and not [x for x in result.stderr.splitlines() if x.startswith("error")]
     assert records.read_spec(str(out)).classes == ("left", "right")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "params.yaml", "raw"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.cache", "params.yaml", "raw"]
 
 
 def _processes() -> dict[int, tuple[int, str, str]]:

@@ -130,8 +130,8 @@ NOISE = (
 
 def test_a_fresh_clone_reproduces_dvc_lock_and_metrics_exactly_and_prints_no_noise(repo, tmp_path_factory, tmp_path):
     path = copy_pipeline_repo(tmp_path_factory, tmp_path / "clone")  # another folder, as a clone is
-    for name in (".dvc/cache", "data/demo", "data/records", "models", "reports", "dvc_plots"):
-        shutil.rmtree(path / name, ignore_errors=True)  # only what git holds, as after git clone
+    for name in (".dvc/cache", "data/demo", "data/records", "data/records.cache", "models", "reports", "dvc_plots"):
+        shutil.rmtree(path / name, ignore_errors=True)  # only what git holds, as after git clone (no reuse cache)
     env = {k: v for k, v in tool_env(f"sqlite:///{tmp_path / 'mlflow.db'}").items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = run([DVC, "repro"], path, env, timeout=600)  # a user's first run: a new store, nothing cached
     assert ran(done.stdout) == STAGES

@@ -66,6 +66,11 @@ def test_values_are_typed_and_frozen():
         params.train = TrainConfig()  # type: ignore[misc]
 
 
+@pytest.mark.parametrize("splits", [{"test": 1.0}, {"val": 1.0}, {"train": 0.7, "test": 0.3}, {"train": 1.0, "val": 0.0}])
+def test_splits_may_name_any_subset_of_train_val_test(splits):
+    assert Params.from_dict({"preprocess": {"splits": splits}}).preprocess.splits == splits
+
+
 @pytest.mark.parametrize(
     "values, message",
     [

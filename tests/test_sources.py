@@ -112,3 +112,21 @@ def test_no_group_in_two_splits(tmp_path):
         splits_of_group[item.group].add(item.split)
     assert len(splits_of_group) == 18
     assert all(len(s) == 1 for s in splits_of_group.values())
+
+
+def test_manifest_split_column_wins_over_the_draw_and_empty_cells_are_drawn(tmp_path):
+    for name in ("1", "2", "3", "4"):
+        _touch(tmp_path / f"{name}.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,group,split\n1.mp4,cat,g,test\n2.mp4,cat,g,val\n3.mp4,dog,h,\n4.mp4,dog,h,train\n")
+    for fractions in (FRACTIONS, {"train": 1.0}):  # the column wins even over a split with no fraction
+        listing = list_videos(str(manifest), fractions)
+        assert [i.split for i in listing.items] == ["test", "val", assign_split("h", fractions), "train"]
+
+
+def test_manifest_split_outside_train_val_test_stops_before_work(tmp_path):
+    _touch(tmp_path / "1.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,split\n1.mp4,cat,dev\n")
+    with pytest.raises(InputError, match=r"m.csv line 2: split 'dev' is not one of train, val, test"):
+        list_videos(str(manifest), FRACTIONS)

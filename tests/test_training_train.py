@@ -87,7 +87,7 @@ def test_empty_validation_split_is_a_clear_error(tmp_path, capsys):
                   sequence_length=2, height=8, width=8)  # fmt: skip
     argv = ["--records", directory, "--output", str(tmp_path / "m"), "--params", write_params(tmp_path / "p.yaml")]
     assert tr.main(argv) == 2
-    assert "split 'val' has no clips" in capsys.readouterr().err
+    assert "has no clips in split 'val'" in capsys.readouterr().err  # refused before TensorFlow's work
 
 
 def test_small_easy_problem_is_learned_well_above_chance(tmp_path):
@@ -155,3 +155,17 @@ def test_a_backup_of_another_model_is_not_restored(tiny_records, tmp_path, caplo
     assert "holds a backup of another model or dataset: starting over" in caplog.text
     assert result.initial_epoch == 0 and result.history["epoch"] == [0]
     assert not (out / artifacts.BACKUP_DIR).exists() and not (out / artifacts.RESUME_JSON).exists()
+
+
+@pytest.mark.parametrize("missing", ["train", "val"])
+def test_train_refuses_records_without_train_or_val_clips_in_one_line(tmp_path, capsys, missing):
+    directory = str(tmp_path / "records")
+    counts = {"train": 2, "val": 1, "test": 1}
+    counts[missing] = 0
+    write_records(directory, classes=("left", "right"), videos_per_class=counts, sequence_length=4, height=16, width=16)
+    params = write_params(tmp_path / "params.yaml")
+    assert tr.main(["--records", directory, "--output", str(tmp_path / "model"), "--params", params]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {directory} has no clips in split '{missing}' (clips per split: ")
+    assert "training needs clips in train (to fit) and val" in line and f"gives {missing} a fraction" in line
+    assert not (tmp_path / "model").exists()

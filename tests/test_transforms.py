@@ -56,7 +56,7 @@ def test_decode_clips_outputs_and_dead_letters(videos):
         # one GOP each, so auto decodes them sequentially, up to the last needed frame
         assert_that(
             decoded[transforms.VIDEOS_TAG],
-            equal_to([("train", (2, 1, 18, 8, 0, 1, 0)), ("val", (2, 1, 12, 8, 0, 1, 0)), ("test", (2, 1, 24, 8, 0, 1, 0))]),
+            equal_to([("train", (2, 1, 18, 8, 0, 1, 0, 0)), ("val", (2, 1, 12, 8, 0, 1, 0, 0)), ("test", (2, 1, 24, 8, 0, 1, 0, 0))]),
             label="videos",
         )
         failed = decoded[transforms.ERRORS_TAG] | beam.Map(lambda e: e["path"].split("/")[-1])
@@ -127,7 +127,7 @@ def test_write_errors_and_stats(tmp_path):
     with TestPipeline() as p:
         _ = p | "E" >> beam.Create(errors) | transforms.WriteErrors(str(tmp_path))
         _ = p | "S" >> beam.Create(
-            [("train", (3, 1, 30, 12, 1, 0, 0)), ("train", (2, 1, 20, 8, 0, 1, 1)), ("test", (1, 1, 5, 4, 0, 1, 0))]
+            [("train", (3, 1, 30, 12, 1, 0, 0, 0)), ("train", (2, 1, 20, 8, 0, 1, 1, 1)), ("test", (1, 1, 5, 4, 0, 1, 0, 0))]
         ) | transforms.WriteStats(str(tmp_path))
     lines = (tmp_path / records.ERRORS_JSONL).read_text().splitlines()
     assert sorted(json.loads(line)["path"] for line in lines) == ["a.mp4", "b.mp4"]
@@ -139,6 +139,7 @@ def test_write_errors_and_stats(tmp_path):
     }
     assert transforms.read_decode_counts(str(tmp_path)) == {
         "frames_decoded": 55, "frames_kept": 24, "videos_seek": 1, "videos_sequential": 2, "videos_shorter_than_stated": 1,
+        "videos_reused": 1,
     }  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline import records
 from training import artifacts
 from vidseq import cli
 from vidseq.params import DEFAULT_PARAMS, Params
@@ -27,10 +28,15 @@ def _run(argv: list[str] | None) -> None:
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
     params = Params.load(args.params)
+    records_dir = args.records or params.data.records_dir
+    split = params.evaluate.split
+    records.require_splits(
+        records.read_spec(records_dir), (split,), records_dir, f"evaluate.split is {split}",
+        "set evaluate.split to a split the records hold",
+    )  # before TensorFlow is imported
     from training.metrics import evaluate
     from training.tracking import runs
 
-    records_dir = args.records or params.data.records_dir
     result = evaluate(records_dir, args.model, args.output, params.evaluate)
     if runs.has_run_file(args.model):  # continue the training run; untracked models are backfilled by register
         runs.track_evaluation(

@@ -41,6 +41,11 @@ def _run(argv: list[str] | None) -> None:
 
         print(summarize(records.read_spec(records_dir), params.model))
         return
+    records.require_splits(
+        records.read_spec(records_dir), ("train", "val"), records_dir,
+        "training needs clips in train (to fit) and val (early stopping and the kept weights)",
+        "pass --records of records that hold both",
+    )  # fmt: skip  # before TensorFlow is imported
     from training.fit import train
 
     result = train(records_dir, args.output, params.model, params.train, verbose=args.verbose)
