@@ -3,7 +3,8 @@
 ``python -m training.evaluate --records DIR --model DIR --output DIR [--params params.yaml]``
 
 Composes :func:`training.metrics.evaluate` (metrics.json, predictions, confusion matrix,
-per-class scores in the output folder) with MLflow: the metrics and reports go into the
+per-class scores in the output folder; a warning when the video accuracy does not beat the
+majority baseline) with MLflow: the metrics and reports go into the
 training run when the model folder has one (an untracked model is backfilled by register).
 """
 
@@ -16,7 +17,18 @@ from training import artifacts
 from vidseq import cli
 from vidseq.params import DEFAULT_PARAMS, Params
 
-HEADLINE = ("accuracy", "video_accuracy", "shuffled_accuracy", "reversed_accuracy", "macro_f1", "chance")
+HEADLINE = (
+    "video_accuracy", "video_accuracy_ci_low", "video_accuracy_ci_high", "majority_baseline", "majority_class",
+    "video_balanced_accuracy", "accuracy", "shuffled_accuracy", "reversed_accuracy", "macro_f1", "videos",
+)  # fmt: skip
+
+
+def headline(metrics: dict) -> str:
+    """The printed line: ``video_accuracy=0.6250 video_accuracy_ci_low=0.5026 ... majority_class=noFight ...``."""
+    def shown(value):
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{k}={shown(metrics[k])}" for k in HEADLINE if k in metrics)
 
 
 def _run(argv: list[str] | None) -> None:
@@ -27,7 +39,7 @@ def _run(argv: list[str] | None) -> None:
     parser.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
     params = Params.load(args.params)
-    from training.metrics import evaluate
+    from training.metrics import baseline_warning, evaluate
     from training.tracking import runs
 
     records_dir = args.records or params.data.records_dir
@@ -36,8 +48,9 @@ def _run(argv: list[str] | None) -> None:
         runs.track_evaluation(
             args.model, result.paths["metrics"], params={"evaluate": params.evaluate.as_dict()},
             records_dir=records_dir, split=params.evaluate.split,
+            warning=baseline_warning(result.metrics, params.evaluate.split),
         )  # fmt: skip
-    print(" ".join(f"{k}={result.metrics[k]:.4f}" for k in HEADLINE if k in result.metrics))
+    print(headline(result.metrics))
 
 
 main = cli.harness(_run)
