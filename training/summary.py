@@ -145,7 +145,8 @@ def summary_lines(
     elif registry:
         lines.append(
             f"Champion: none yet for {register_cfg.model_name}: no version passed the gate (register.min_accuracy "
-            f"{register_cfg.min_accuracy:g}); predict with a folder: python -m training.predict --model models VIDEO..."
+            f"{register_cfg.min_accuracy:g}); predict with the last version: python -m training.predict --model "
+            f"models:/{register_cfg.model_name}@challenger VIDEO... (or --model models, the training output folder)"
         )
     else:
         lines.append(
