@@ -174,6 +174,12 @@ def test_track_training_and_track_evaluation_share_one_run(model_root, store, tm
     assert run.data.metrics["test_video_accuracy"] == pytest.approx(expected["video_accuracy"])
     assert run.data.metrics["test_shuffled_accuracy"] == pytest.approx(expected["shuffled_accuracy"])
     assert any(k.startswith("test_recall_") for k in run.data.metrics)  # per class
+    for key in ("majority_baseline", "video_accuracy_ci_low", "video_accuracy_ci_high", "video_balanced_accuracy",
+                "balanced_accuracy", "video_macro_f1"):  # fmt: skip
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(expected[key]), key
+    for name in json.load(open(model_dir / "dataset.json"))["classes"]:
+        assert run.data.metrics[f"test_video_support_{name}"] == expected[f"video_support_{name}"]
+    assert "test_majority_class" not in run.data.metrics  # the one string: in metrics.json, not an MLflow metric
     history = json.load(open(model_dir / "history.json"))["history"]
     assert [m.step for m in client().get_metric_history(run_id, "val_loss")] == history["epoch"]
     listed = {a.path for a in client().list_artifacts(run_id, "training")} | {

@@ -142,9 +142,10 @@ def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[f
 def baseline_warning(metrics: Mapping[str, Any], split: str = "test") -> str | None:
     """A sentence when the video accuracy does not beat the majority baseline, else ``None``.
 
-    It does not when the accuracy is at or below the baseline, nor (weaker, but still not shown)
-    when the 95 % interval's lower bound is at or below it. Pure; reads the keys
-    :func:`compute_metrics` writes (``None`` when they are missing, e.g. an older metrics.json).
+    The model does not beat the baseline when its video accuracy is at or below it, and is not
+    shown to beat it when the 95 % interval's lower bound is at or below it; each case has its own
+    sentence. Pure; reads the keys :func:`compute_metrics` writes (``None`` when they are missing,
+    e.g. an older metrics.json).
     """
     try:
         value, base = float(metrics["video_accuracy"]), float(metrics["majority_baseline"])
