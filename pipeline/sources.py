@@ -1,8 +1,8 @@
 """Finding input videos (class folders or a manifest CSV), their labels, groups and splits.
 
 Everything touches files through ``apache_beam.io.filesystems.FileSystems``, so the input may
-live on ``gs://``, ``s3://``, ``hdfs://`` or a local disk. Listing happens once, when the
-pipeline is built; the result is a list of :class:`VideoItem` that the Beam job fans out.
+live on ``gs://``, ``s3://``, ``hdfs://`` or a local disk (local paths are read without loading
+Beam). Listing happens once, when the pipeline is built; the result is a list of :class:`VideoItem` that the Beam job fans out.
 
 Splits are group-aware and deterministic: a stable hash of the group (the manifest's
 ``group`` column, UCF101's ``_gNN_`` part of the file name, else the video itself) picks the
@@ -24,12 +24,59 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline.records import SPLITS
 from vidseq.errors import VidseqError
 
 logger = logging.getLogger(__name__)
+
+
+class _Files:
+    """``FileSystems``' calls this module makes: local paths with the standard library, URLs with Beam.
+
+    Importing Beam costs seconds of start-up; the listing stage (:mod:`pipeline.listing`), which
+    ``dvc repro`` runs every time, lists local videos without it. Local results are Beam's
+    ``LocalFileSystem``'s: ``match`` of ``ROOT/**`` walks ``ROOT`` (every file, joined by ``os.path.join``).
+    """
+
+    @staticmethod
+    def _beam():
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems
+
+    def exists(self, path: str) -> bool:
+        return self._beam().exists(path) if "://" in path else os.path.exists(path)
+
+    def open(self, path: str):
+        return self._beam().open(path) if "://" in path else open(path, "rb")
+
+    def join(self, base: str, *paths: str) -> str:
+        return self._beam().join(base, *paths) if "://" in base else os.path.join(base, *paths)
+
+    def match(self, patterns: list[str], limits: list[int] | None = None):
+        (pattern,) = patterns
+        if "://" in pattern or not pattern.endswith(os.sep + "**"):
+            return self._beam().match(patterns, limits)
+        limit = limits[0] if limits else None
+        found = []
+        for folder, _, names in os.walk(pattern[:-2]):
+            found += [_Metadata(os.path.join(folder, name)) for name in names]
+            if limit is not None and len(found) >= limit:
+                break
+        return [_Match(found[:limit] if limit is not None else found)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Metadata:
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Match:
+    metadata_list: list
+
+
+FileSystems = _Files()
 
 MANIFEST_COLUMNS = ("path", "label", "group", "split")
 _UCF_GROUP = re.compile(r"_g(\d+)_", re.IGNORECASE)

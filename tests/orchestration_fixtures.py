@@ -183,7 +183,7 @@ def _build_repo(folder: Path) -> None:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "vidseq copy"], repo, env)
     run(["dvc", "repro"], repo, env, timeout=600)
-    run(["git", "add", "dvc.lock"], repo, env)
+    run(["git", "add", "dvc.lock", "data/dvc.lock"], repo, env)
     run(["git", "commit", "-qm", "first pipeline run"], repo, env)
 
 

@@ -7,6 +7,7 @@ the tests below run in file order and each leaves the copy committed and reprodu
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -14,7 +15,8 @@ import pytest
 import yaml
 from orchestration_fixtures import BIN, copy_pipeline_repo, pipeline_repo, run, tool_env
 
-STAGES = ["synth", "preprocess", "train", "evaluate", "register"]
+SYNTH = "data/dvc.yaml:synth"  # the demo's stage, in its own dvc.yaml
+STAGES = ["listing", "preprocess", "train", "evaluate", "register"]  # dvc.yaml's, in order
 DVC = str(BIN / "dvc")
 
 
@@ -30,7 +32,12 @@ def dvc(repo, *args, timeout=600):
 
 
 def ran(output):
-    return re.findall(r"Running stage '(\w+)'", output)
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def up_to_date(status):
+    """``dvc status`` says nothing but that the listing stage always runs (it looks at the videos every time)."""
+    return status.split() == ["listing:", "always", "changed"]
 
 
 def set_params(path, **changes):
@@ -55,13 +62,16 @@ def test_repro_ran_every_stage_and_a_second_repro_does_nothing(repo):
     path, _ = repo
     lock = yaml.safe_load((path / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
-    for name in ("data/demo", "data/records/dataset.json", "models/model.keras", "reports/metrics.json"):
+    assert list(yaml.safe_load((path / "data" / "dvc.lock").read_text())["stages"]) == ["synth"]
+    for name in ("data/demo", "data/listing.json", "data/records/dataset.json", "models/model.keras",
+                 "reports/metrics.json"):  # fmt: skip
         assert (path / name).exists(), name
     assert registry(repo)["version"] == 1 and "champion" in registry(repo)["aliases"]
 
     output = dvc(repo, "repro")
-    assert ran(output) == []
-    assert "Data and pipelines are up to date" in dvc(repo, "status")
+    assert ran(output) == ["listing"]  # it looks at the videos; they did not change, so nothing else runs
+    assert "Stage 'preprocess' didn't change, skipping" in output
+    assert up_to_date(dvc(repo, "status"))
 
 
 def test_stages_rerun_only_for_the_code_they_run(repo):
@@ -80,7 +90,7 @@ def test_stages_rerun_only_for_the_code_they_run(repo):
 
     for name, text in originals.items():
         (path / name).write_text(text)
-    assert "Data and pipelines are up to date" in dvc(repo, "status")
+    assert up_to_date(dvc(repo, "status"))
 
 
 def test_metrics_and_plots_are_declared(repo):
@@ -98,17 +108,21 @@ def test_a_train_parameter_reruns_train_evaluate_register_but_not_preprocessing(
     set_params(path, train__batch_size=4)
     assert "train" in dvc(repo, "status")
     output = dvc(repo, "repro")
-    assert ran(output) == ["train", "evaluate", "register"]
+    assert ran(output) == ["listing", "train", "evaluate", "register"]
     assert "Stage 'preprocess' didn't change" in output
     assert registry(repo)["version"] == 2  # register re-ran with the new model: a new version
-    assert "Path" in dvc(repo, "metrics", "diff", "HEAD")  # HEAD's metrics come from the DVC cache
+    diff = dvc(repo, "metrics", "diff", "HEAD", "--all", "--json")  # HEAD's metrics come from the DVC cache
+    changes = json.loads(diff)["reports/metrics.json"]
+    assert {"video_accuracy", "majority_baseline", "video_accuracy_ci_low", "video_balanced_accuracy"} <= set(changes)
+    assert changes["majority_baseline"]["diff"] == 0  # the same test videos: the same baseline
+    assert changes["majority_class"]["old"] == changes["majority_class"]["new"]  # a string: shown, not subtracted
     commit(repo, "batch size 4")
-    assert ran(dvc(repo, "repro")) == []
+    assert ran(dvc(repo, "repro")) == ["listing"]
 
 
 def test_exp_run_sets_a_parameter_and_exp_show_lists_it(repo):
     output = dvc(repo, "exp", "run", "-S", "train.epochs=2")
-    assert ran(output) == ["train", "evaluate", "register"]
+    assert ran(output) == ["listing", "train", "evaluate", "register"]
     name = re.search(r"Ran experiment\(s\): (\S+)", output).group(1)
     assert name in dvc(repo, "exp", "show", "--csv")
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
@@ -134,7 +148,7 @@ def test_a_fresh_clone_reproduces_dvc_lock_and_metrics_exactly_and_prints_no_noi
         shutil.rmtree(path / name, ignore_errors=True)  # only what git holds, as after git clone (no reuse cache)
     env = {k: v for k, v in tool_env(f"sqlite:///{tmp_path / 'mlflow.db'}").items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     done = run([DVC, "repro"], path, env, timeout=600)  # a user's first run: a new store, nothing cached
-    assert ran(done.stdout) == STAGES
+    assert ran(done.stdout) == [SYNTH, *STAGES]
     lines = (done.stdout + done.stderr).splitlines()
     assert [x for x in lines if any(n in x for n in NOISE)] == []
     assert run(["git", "status", "--porcelain"], path, env).stdout == ""  # dvc.lock: every hash as committed
@@ -164,19 +178,19 @@ def test_the_readme_own_videos_steps_keep_the_videos_through_exp_run_checkout_pu
     assert "data/raw.dvc" in dvc(repo, "stage", "list", "--all")  # DVC sees the .dvc file under data/
 
     output = dvc(repo, "repro")  # step 5
-    assert ran(output) == ["preprocess", "train", "evaluate", "register"]
+    assert ran(output) == STAGES
     record = registry(repo)
     assert (record["model_name"], record["version"], record["decision"]) == ("my-videos", 1, "promoted")
     assert record["classes"] == sorted(OWN_CLASSES)
     commit(repo, "pipeline on my videos")
 
     output = dvc(repo, "exp", "run", "-S", "train.epochs=3")  # step 6
-    assert ran(output) == ["train", "evaluate", "register"] and "Ran experiment(s)" in output
+    assert ran(output) == ["listing", "train", "evaluate", "register"] and "Ran experiment(s)" in output
     assert registry(repo)["model_name"] == "my-videos" and registry(repo)["version"] == 2
     dvc(repo, "checkout")
     after = {p.relative_to(path): p.read_bytes() for p in raw.rglob("*") if p.is_file()}
     assert after == before and (path / "data" / "records" / "dataset.json").exists()
-    assert ran(dvc(repo, "repro", "--force", "synth")) == ["synth"]  # the demo stage never touches them
+    assert ran(dvc(repo, "repro", "--force", SYNTH)) == [SYNTH]  # the demo stage never touches them
     assert {p.relative_to(path): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
 
     dvc(repo, "remote", "add", "-d", "shared", str(tmp_path / "remote"))  # sharing (README: dvc push)
@@ -185,6 +199,42 @@ def test_the_readme_own_videos_steps_keep_the_videos_through_exp_run_checkout_pu
     shutil.rmtree(path / ".dvc" / "cache")
     dvc(repo, "pull", "data/raw.dvc")
     assert {p.relative_to(path): p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before
+
+
+def test_a_manifest_video_changed_in_place_reruns_preprocess_and_the_demo_is_never_made(tmp_path_factory, tmp_path):
+    path = copy_pipeline_repo(tmp_path_factory, tmp_path / "repo")
+    env = tool_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    repo = (path, env)
+    mine = path / "data" / "mine"
+    rows = ["path,label"]
+    for video in sorted((path / "data" / "demo").rglob("*.*")):  # the demo's videos, listed by a manifest
+        (mine / "videos").mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, mine / "videos" / video.name)
+        rows.append(f"videos/{video.name},{video.parent.name}")
+    (mine / "manifest.csv").write_text("\n".join(rows) + "\n")
+    set_params(path, data__raw_dir="data/mine/manifest.csv")
+    shutil.rmtree(path / "data" / "demo")  # were synth upstream of anything, dvc repro would make it again
+    commit(repo, "a manifest of my videos")
+
+    output = dvc(repo, "repro", "preprocess")  # preprocess and every stage upstream of it
+    assert ran(output) == ["listing", "preprocess"] and SYNTH not in output
+    assert not (path / "data" / "demo").exists()
+    listed = json.loads((path / "data" / "listing.json").read_text())
+    assert listed["input"] == "data/mine/manifest.csv" and len(listed["videos"]) == len(rows) - 1
+    commit(repo, "records of the manifest")
+
+    assert ran(dvc(repo, "repro", "preprocess")) == ["listing"]  # nothing changed
+    video = mine / "videos" / listed["videos"][0]["video"].split("/")[-1]
+    stat = video.stat()
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes
+    output = dvc(repo, "repro", "preprocess")
+    assert ran(output) == ["listing"] and "Stage 'preprocess' didn't change" in output
+
+    other = next(p for p in sorted(video.parent.iterdir()) if p != video and p.name.split("_")[1] == video.name.split("_")[1])
+    shutil.copy(other, video)  # rewritten in place, same class; the manifest CSV is unchanged
+    assert run(["git", "status", "--porcelain"], path, env).stdout.split() == ["M", f"data/mine/videos/{video.name}"]
+    assert ran(dvc(repo, "repro", "preprocess")) == ["listing", "preprocess"]
+    assert "train:" in dvc(repo, "status", "train")  # new records: training is out of date
 
 
 OFFLINE_PLOTS = ("models/training_curves.png", "reports/confusion_matrix.png")

@@ -18,7 +18,7 @@ from training.tracking import bundle as code
 
 REPO = code.ROOT
 ENTRY_POINTS = {
-    "pipeline.__main__", "pipeline.build", "pipeline.inspect", "pipeline.synth",
+    "pipeline.__main__", "pipeline.build", "pipeline.inspect", "pipeline.listing", "pipeline.synth",
     "training.train", "training.evaluate", "training.register", "training.predict", "training.summary",
     "training.serve", "training.ui",
 }  # fmt: skip
@@ -106,7 +106,18 @@ def _covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d + "/") for d in deps)
 
 
-STAGES = yaml.safe_load(open(os.path.join(REPO, "dvc.yaml"), encoding="utf-8"))["stages"]
+def _stages() -> dict[str, dict]:
+    """The stages of ``dvc.yaml`` and of ``data/dvc.yaml`` (the demo's synth, whose paths are from the root: wdir ..)."""
+    stages = {}
+    for name in ("dvc.yaml", "data/dvc.yaml"):
+        with open(os.path.join(REPO, name), encoding="utf-8") as handle:
+            for stage, body in yaml.safe_load(handle)["stages"].items():
+                assert os.path.normpath(os.path.join(os.path.dirname(name), body.get("wdir", "."))) == ".", stage
+                stages[stage] = body
+    return stages
+
+
+STAGES = _stages()
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))

@@ -88,6 +88,7 @@ def test_splits_may_name_any_subset_of_train_val_test(splits):
         ({"preprocess": 3}, "preprocess must be a mapping"),
         ({"preproces": {}}, "unknown section preproces"),
         ({"data": {"synth_videos_per_class": 0}}, "data.synth_videos_per_class must be positive"),
+        ({"data": {"name": "my videos"}}, "data.name must be letters, digits"),
         ({"model": {"lstm_units": 64}}, "unknown key model.lstm_units"),
         ({"train": {"epochs": "ten"}}, "train.epochs must be an integer"),
         ({"train": {"batch_size": 0}}, "train.batch_size must be a positive integer"),

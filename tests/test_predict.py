@@ -105,8 +105,12 @@ def test_the_default_model_is_the_registered_champion(model_root, champion_store
 @pytest.mark.parametrize(
     "reference, message",
     [
-        ("models:/vidseq-cnn-lstm@nope", "Registered model alias nope not found"),
-        ("models:/no-such-model@champion", "cannot load models:/no-such-model@champion"),
+        ("models:/vidseq-cnn-lstm@nope", "vidseq-cnn-lstm has no alias @nope (its aliases: @challenger (v1), "
+                                         "@champion (v1)); predict with the last registered version"),
+        ("models:/no-such-model@champion", "cannot load models:/no-such-model@champion from sqlite:///"),
+        ("models:/no-such-model@champion", "no model is registered as no-such-model in this store: train and "
+                                           "register one (dvc repro), or predict with the training output folder: "
+                                           "--model models"),
         ("no/such/folder", "model no/such/folder not found: give a training output folder"),
         ("http://host/model", "unsupported model URI http://host/model: http: is not an MLflow model store"),
     ],
@@ -118,6 +122,67 @@ def test_a_bad_model_reference_is_one_line_and_exit_2(
     assert predict.main([videos(model_root, 1)[0], "--model", reference]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def store_without_champion(model_root, tmp_path_factory):
+    """A store where two versions of ``no-champ`` failed the gate (0.7 then 0.5 < 0.8); ``(uri, params.yaml)``."""
+    from orchestration_fixtures import use_store
+
+    from training.tracking import registry
+    from vidseq.params import Params, RegisterConfig
+
+    folder = tmp_path_factory.mktemp("no-champion")
+    params = {**TINY_PARAMS, "register": {"model_name": "no-champ", "min_accuracy": 0.8}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    metrics = json.loads((model_root / "reports" / "metrics.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        uri = use_store(patch, folder)
+        for value in (0.7, 0.5):
+            (folder / "metrics.json").write_text(json.dumps({**metrics, "video_accuracy": value}))
+            record = registry.register(
+                str(copy_model_dir(model_root, folder / f"models-{value}")), str(folder / "metrics.json"),
+                str(folder / "registry.json"), register_cfg=RegisterConfig("no-champ", min_accuracy=0.8),
+                mlflow_cfg=MlflowConfig("no-champion"), params=Params.from_dict(params),
+            )  # fmt: skip
+            assert record["decision"] == "rejected"
+    return uri, folder / "params.yaml"
+
+
+def test_without_a_champion_predict_says_why_and_what_to_use_instead(model_root, store_without_champion, monkeypatch,
+                                                                     capsys):  # fmt: skip
+    uri, params = store_without_champion
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    video = videos(model_root, 1)[0]
+    assert predict.main([video, "--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alias champion not found" not in err
+    assert err.startswith(f"error: cannot load models:/no-champ@champion from {uri}: no version of no-champ has passed "
+                          "the promotion gate yet (register.min_accuracy = 0.8 on video_accuracy; 2 versions: best v1 "
+                          "with video_accuracy 0.7000, last v2 with 0.5000), so none is @champion; ")  # fmt: skip
+    for hint in ("--model models:/no-champ@challenger", "--model models:/no-champ/<version>", "--model models\n"):
+        assert hint in err, hint
+    assert predict.main([video, "--params", str(params), "--model", "models:/no-champ@challenger"]) == 0
+    assert "model models:/no-champ@challenger (version 2)" in capsys.readouterr().err
+    assert predict.main([video, "--model", "models:/no-champ/1"]) == 0
+
+
+def test_a_champion_alias_removed_by_hand_is_told_apart_from_a_failed_gate(model_root, champion_store, monkeypatch):
+    import mlflow
+
+    from training.tracking import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion_store)
+    client = mlflow.MlflowClient(champion_store)
+    assert registry.missing_alias_reason(client, "vidseq-cnn-lstm", "champion") is None  # it resolves
+    client.delete_registered_model_alias("vidseq-cnn-lstm", "champion")
+    try:
+        reason = registry.missing_alias_reason(client, "vidseq-cnn-lstm", "champion")
+    finally:
+        client.set_registered_model_alias("vidseq-cnn-lstm", "champion", "1")
+    assert reason.startswith("no version of vidseq-cnn-lstm holds @champion although one passed the gate "
+                             "(register.min_accuracy = 0.8 on video_accuracy; 1 version: best v1 with video_accuracy ")
+    assert "the alias was removed" in reason
 
 
 def test_a_truncated_model_keras_is_one_line_naming_it_and_exit_2(model_root, tmp_path, capsys):

@@ -207,8 +207,13 @@ def test_run_version_and_model_descriptions_are_the_model_card(tracked):
                  f"{metrics['shuffled_accuracy']:.4f}", f"{metrics['reversed_accuracy']:.4f}",
                  client.get_run(run_id).data.tags["vidseq.records.dvc_md5"],
                  client.get_run(run_id).data.tags["mlflow.source.git.commit"], record["reason"],
-                 "Preprocessing failures"):  # fmt: skip
+                 "Preprocessing failures", f"{metrics['majority_baseline']:.4f}",
+                 f"always answering `{metrics['majority_class']}`",
+                 f"{metrics['video_accuracy_ci_low']:.4f}-{metrics['video_accuracy_ci_high']:.4f}",
+                 f"Wilson score interval over the {metrics['videos']} videos",
+                 f"{metrics['video_balanced_accuracy']:.4f}"):  # fmt: skip
         assert text in note, text
+    assert "chance" not in note
     for name in spec.classes:
         assert f"| {name} | " in note  # per-class F1 and per-class counts
     assert len(note) <= model_card.MAX_CHARS
@@ -254,8 +259,10 @@ def test_the_pictures_open_as_images(tracked):
     assert gif.format == "GIF" and gif.n_frames == spec.sequence_length
     assert _image(client, run_id, "evaluation/confusion_matrix.png").format == "PNG"
     table = json.load(open(client.download_artifacts(run_id, "evaluation/per_class_table.json")))
-    assert table["columns"] == ["class", "precision", "recall", "f1", "support"]
+    assert table["columns"] == ["class", "precision", "recall", "f1", "support",
+                                "video_precision", "video_recall", "video_f1", "video_support"]  # fmt: skip
     assert [row[0] for row in table["data"]] == list(spec.classes)
+    assert all(isinstance(row[4], int) and isinstance(row[8], int) for row in table["data"])
     summary = open(client.download_artifacts(run_id, "training/model_summary.txt")).read()
     assert "total parameters" in summary and "lstm" in summary.lower()
 
@@ -325,3 +332,59 @@ def test_the_animation_has_one_frame_per_time_step_at_the_records_fps(tmp_path):
     review.write_gif(frames, str(tmp_path / "a.gif"), 5.0)
     gif = Image.open(tmp_path / "a.gif")
     assert gif.n_frames == 4 and gif.info["duration"] == 200 and gif.info["loop"] == 0
+
+
+CARD_METRICS = {
+    "video_accuracy": 0.625, "video_accuracy_ci_low": 0.5025, "video_accuracy_ci_high": 0.7333,
+    "majority_baseline": 0.625, "video_balanced_accuracy": 0.5, "accuracy": 0.61, "clips": 192, "videos": 64,
+    "video_support_fight": 24, "video_support_noFight": 40, "video_precision_fight": 0.0, "video_recall_fight": 0.0,
+    "video_f1_fight": 0.0, "video_precision_noFight": 0.625, "video_recall_noFight": 1.0, "video_f1_noFight": 0.7692,
+    "f1_fight": 0.1, "f1_noFight": 0.75,
+}  # fmt: skip
+
+
+def _card(metrics, tags=None):
+    spec = records.DatasetSpec(sequence_length=4, height=8, width=8, channels=3, frame_encoding="jpeg",
+                               classes=("fight", "noFight"), sampling={"fps": 8.0})  # fmt: skip
+    facts = {"run_id": "r1", "run_name": "abc-fight-1", "tags": tags or {}, "spec": spec, "metrics": metrics,
+             "splits": {}, "errors": None, "record": None}  # fmt: skip
+    return model_card.render(facts, model_name="fight")
+
+
+def test_the_card_states_the_baseline_the_interval_and_per_class_video_scores():
+    card = _card(CARD_METRICS)
+    assert "| video accuracy, 95 % interval (Wilson score interval over the 64 videos) | 0.5025-0.7333 |" in card
+    assert "| majority baseline: always answering `noFight` (its share of the videos) | 0.6250 |" in card
+    assert "| balanced video accuracy (mean of the per-class recalls) | 0.5000 |" in card
+    assert "| class | videos | precision | recall | F1 | clip F1 |" in card
+    assert "| noFight | 40 | 0.6250 | 1.0000 | 0.7692 | 0.7500 |" in card
+    assert "| fight | 24 | 0.0000 | 0.0000 | 0.0000 | 0.1000 |" in card
+    assert "**Warning**" not in card and "chance" not in card
+
+
+def test_the_card_shows_evaluates_warning():
+    text = "video accuracy 0.625 does not beat the majority baseline 0.625"
+    card = _card(CARD_METRICS, {model_card.BASELINE_WARNING_TAG: text})
+    assert f"**Warning**: {text}." in card
+    assert card.index("**Warning**") < card.index("| metric | value |")
+
+
+def test_majority_class_is_the_class_with_most_test_videos_the_first_on_a_tie():
+    assert model_card.majority_class(CARD_METRICS, ("fight", "noFight")) == "noFight"
+    assert model_card.majority_class({"video_support_a": 2, "video_support_b": 2}, ("a", "b")) == "a"
+    assert model_card.majority_class({"accuracy": 0.5}, ("a", "b")) is None
+
+
+def test_evaluate_sets_and_clears_the_baseline_warning_of_the_run(tracked):
+    run_id, _, root, model_dir, client = tracked
+    metrics_path = str(root / "reports" / "metrics.json")
+    mlflow.set_tracking_uri(client.tracking_uri)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+        runs.track_evaluation(str(model_dir), metrics_path, warning="does not beat the majority baseline")
+        tags = client.get_run(run_id).data.tags
+        assert tags[model_card.BASELINE_WARNING_TAG] == "does not beat the majority baseline"
+        assert "**Warning**: does not beat the majority baseline." in tags[model_card.NOTE_TAG]
+        runs.track_evaluation(str(model_dir), metrics_path)
+        tags = client.get_run(run_id).data.tags
+        assert model_card.BASELINE_WARNING_TAG not in tags and "**Warning**" not in tags[model_card.NOTE_TAG]

@@ -174,6 +174,12 @@ def test_track_training_and_track_evaluation_share_one_run(model_root, store, tm
     assert run.data.metrics["test_video_accuracy"] == pytest.approx(expected["video_accuracy"])
     assert run.data.metrics["test_shuffled_accuracy"] == pytest.approx(expected["shuffled_accuracy"])
     assert any(k.startswith("test_recall_") for k in run.data.metrics)  # per class
+    for key in ("majority_baseline", "video_accuracy_ci_low", "video_accuracy_ci_high", "video_balanced_accuracy",
+                "balanced_accuracy", "video_macro_f1"):  # fmt: skip
+        assert run.data.metrics[f"test_{key}"] == pytest.approx(expected[key]), key
+    for name in json.load(open(model_dir / "dataset.json"))["classes"]:
+        assert run.data.metrics[f"test_video_support_{name}"] == expected[f"video_support_{name}"]
+    assert "test_majority_class" not in run.data.metrics  # the one string: in metrics.json, not an MLflow metric
     history = json.load(open(model_dir / "history.json"))["history"]
     assert [m.step for m in client().get_metric_history(run_id, "val_loss")] == history["epoch"]
     listed = {a.path for a in client().list_artifacts(run_id, "training")} | {
@@ -225,3 +231,41 @@ def test_records_hash_matches_dvc_and_prefers_a_fresh_dvc_lock_entry(model_root,
     assert source == "computed" and md5 not in ("out-md5.dir", dvc_md5)
     assert lineage.records_hash("gs://bucket/records") == (None, "none")
     assert lineage.git_commit(str(tmp_path / "nowhere")) == (None, False)
+
+
+@pytest.mark.parametrize(
+    "data, records_dir, expected",
+    [
+        ({"raw_dir": "data/demo", "records_dir": "data/records"}, "data/records", "demo"),
+        ({"raw_dir": "data/fight/manifest.csv", "records_dir": "data/records"}, "data/records", "fight"),
+        ({"raw_dir": "/srv/videos/gestures/list.CSV", "records_dir": "data/records"}, None, "gestures"),
+        ({"raw_dir": "gs://bucket/fight/manifest.csv", "records_dir": "data/records"}, "data/records", "fight"),
+        ({"raw_dir": "s3://bucket/ucf101/", "records_dir": "data/records"}, "data/records", "ucf101"),
+        ({"raw_dir": "data/fight/manifest.csv", "records_dir": "data/records", "name": "fight-2s"}, "data/records",
+         "fight-2s"),
+        ({"raw_dir": "data/fight/manifest.csv", "records_dir": "data/records", "name": "fight"}, "/other/ucf101",
+         "ucf101"),  # records that are not the params': named by their folder
+        ({"records_dir": "data/records"}, "data/records", "records"),
+    ],
+)
+def test_the_dataset_is_named_by_data_name_or_the_videos_folder_never_the_manifest_file(data, records_dir, expected):
+    from training.tracking import naming
+
+    assert naming.dataset_name(records_dir, {"data": data}) == expected
+
+
+def test_a_manifest_in_the_current_folder_is_named_by_that_folder(tmp_path, monkeypatch):
+    from training.tracking import naming
+
+    (tmp_path / "my_clips").mkdir()
+    monkeypatch.chdir(tmp_path / "my_clips")
+    assert naming.dataset_name(None, {"data": {"raw_dir": "manifest.csv"}}) == "my_clips"
+
+
+def test_a_run_on_a_manifest_is_named_after_its_folder(model_root, store, tmp_path):
+    spec = records.read_spec(str(model_root / "models"))
+    params = {"data": {"raw_dir": "data/fight/manifest.csv", "records_dir": "data/records"}}
+    with runs.start_run(str(tmp_path / "out"), params, spec, config=MlflowConfig("manifest-naming")) as active:
+        run = mlflow.MlflowClient().get_run(active.info.run_id)
+    assert run.data.tags["vidseq.dataset"] == "fight" and "-fight-1" in run.info.run_name
+    assert "manifest" not in run.info.run_name

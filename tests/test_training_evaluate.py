@@ -79,11 +79,70 @@ def test_compute_metrics_is_flat():
     assert metrics["reversed_accuracy"] == pytest.approx(5 / 8)
     assert metrics["macro_f1"] == pytest.approx((4 / 7 + 1 / 2 + 4 / 5) / 3)
     assert metrics["f1_c"] == pytest.approx(0.8)
-    assert metrics["chance"] == pytest.approx(1 / 3)
+    assert "chance" not in metrics  # 1/classes hid that a model can equal the commonest class
     assert metrics["clips"] == 8 and metrics["videos"] == 3
     assert "shuffled_accuracy" in metrics and "shuffled_video_accuracy" in metrics
-    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    # videos v1 (a), v3 (c), v2 (b) -> a, a, b: one of each class, so the majority baseline is 1/3 ("a", the first)
+    assert metrics["majority_baseline"] == pytest.approx(1 / 3) and metrics["majority_class"] == "a"
+    assert metrics["video_balanced_accuracy"] == pytest.approx((1 + 1 + 0) / 3)
+    assert metrics["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert (metrics["video_accuracy_ci_low"], metrics["video_accuracy_ci_high"]) == pytest.approx(ev.wilson_interval(2, 3))
+    assert metrics["video_support_a"] == metrics["video_support_b"] == metrics["video_support_c"] == 1
+    assert (metrics["video_precision_a"], metrics["video_recall_a"], metrics["video_f1_a"]) == pytest.approx((0.5, 1, 2 / 3))
+    assert (metrics["video_precision_c"], metrics["video_recall_c"], metrics["video_f1_c"]) == (0.0, 0.0, 0.0)
+    assert metrics["video_macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert [k for k, v in metrics.items() if not isinstance(v, (int, float))] == ["majority_class"]
     json.dumps(metrics)
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    labels, predicted = np.array([0, 0, 0, 0, 1]), np.array([0, 0, 0, 0, 0])
+    assert ev.accuracy(labels, np.eye(3)[predicted]) == 0.8  # always "0": 4 of 5
+    assert ev.balanced_accuracy(labels, predicted, 3) == 0.5  # class 2 has no video: not counted
+    assert ev.balanced_accuracy(labels, labels, 3) == 1.0
+    assert np.isnan(ev.balanced_accuracy(labels[:0], predicted[:0], 3))
+
+
+def test_majority_baseline_is_the_share_of_the_commonest_class():
+    assert ev.majority_baseline(np.array([1, 0, 1, 2, 1]), 3) == (0.6, 1)
+    assert ev.majority_baseline(np.array([2, 0]), 3) == (0.5, 0)  # a tie: the first class
+    share, _ = ev.majority_baseline(np.array([], dtype=np.int64), 3)
+    assert np.isnan(share)
+
+
+@pytest.mark.parametrize("right,trials", [(0, 10), (3, 10), (40, 64), (47, 64), (64, 64), (1, 1)])
+def test_wilson_interval_solves_the_score_equation(right, trials):
+    low, high = ev.wilson_interval(right, trials)
+    p, z = right / trials, ev.WILSON_Z
+    assert 0.0 <= low <= p <= high <= 1.0 and low < high
+    for bound in (low, high):  # each bound q solves (p - q)^2 = z^2 q (1 - q) / n, or is 0 / 1 at the ends
+        if bound not in (0.0, 1.0):
+            assert (p - bound) ** 2 == pytest.approx(z * z * bound * (1 - bound) / trials)
+    if right == 0:
+        assert low == 0.0 and high == pytest.approx(z * z / (trials + z * z))
+    if right == trials:
+        assert high == 1.0 and low == pytest.approx(trials / (trials + z * z))
+
+
+def test_wilson_interval_of_no_trials_is_unknown():
+    assert all(np.isnan(x) for x in ev.wilson_interval(0, 0))
+
+
+def _scores(video_accuracy, baseline, low, high, videos=64):
+    return {"video_accuracy": video_accuracy, "majority_baseline": baseline, "majority_class": "noFight",
+            "video_accuracy_ci_low": low, "video_accuracy_ci_high": high, "videos": videos}  # fmt: skip
+
+
+def test_baseline_warning_says_plainly_when_the_model_does_not_beat_the_majority():
+    equal = ev.baseline_warning(_scores(0.625, 0.625, 0.503, 0.734))
+    assert equal.startswith("video accuracy 0.625 does not beat the majority baseline 0.625")
+    assert "always answering 'noFight' on the 64 test videos" in equal
+    assert "does not beat" in ev.baseline_warning(_scores(0.55, 0.625, 0.43, 0.67))
+    within = ev.baseline_warning(_scores(0.703, 0.625, 0.582, 0.801), "val")
+    assert "above the majority baseline 0.625" in within and "0.582-0.801" in within and "not shown to beat it" in within
+    assert "64 val videos" in within
+    assert ev.baseline_warning(_scores(0.9, 0.625, 0.8, 0.95)) is None
+    assert ev.baseline_warning({"video_accuracy": 0.5}) is None  # an older metrics.json: nothing to compare
 
 
 def test_shuffle_time_permutes_frames_only_and_is_seeded():
@@ -132,7 +191,40 @@ def test_evaluate_writes_reports(trained, tmp_path):
     assert matrix[0] == ["actual\\predicted", "left", "right", "up"]
     assert sum(int(v) for row in matrix[1:] for v in row[1:]) == 12
     assert os.path.getsize(os.path.join(out, artifacts.CONFUSION_PNG)) > 0
-    assert os.path.exists(os.path.join(out, artifacts.PER_CLASS_CSV))
+    with open(os.path.join(out, artifacts.PER_CLASS_CSV), newline="") as handle:
+        per_class = list(csv.DictReader(handle))
+    assert [row["class"] for row in per_class] == ["left", "right", "up"]
+    assert [int(row["support"]) for row in per_class] == [4, 4, 4]  # clips
+    assert [int(row["video_support"]) for row in per_class] == [2, 2, 2]  # videos
+    for row in per_class:
+        assert float(row["video_f1"]) == pytest.approx(metrics[f"video_f1_{row['class']}"], abs=1e-4)
+    assert metrics["majority_baseline"] == pytest.approx(1 / 3)
+    assert metrics["video_accuracy_ci_low"] <= metrics["video_accuracy"] <= metrics["video_accuracy_ci_high"]
+
+
+def test_evaluate_warns_but_succeeds_when_the_model_answers_the_commonest_class(trained, tmp_path, monkeypatch,
+                                                                                  capsys, caplog):  # fmt: skip
+    records_dir, model_dir, spec = trained
+    real = ev.predict_split
+
+    def always_left(model, records, records_spec, cfg):
+        pred = real(model, records, records_spec, cfg)
+        constant = np.tile(np.eye(len(spec.classes))[0], (len(pred["labels"]), 1))
+        return {**pred, "probs": constant}
+
+    monkeypatch.setattr(ev, "predict_split", always_left)
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {batch_size: 5}\n")
+    out = str(tmp_path / "reports")
+    with caplog.at_level("WARNING", logger="training.metrics"):
+        code = evaluate.main(["--records", records_dir, "--model", model_dir, "--output", out, "--params", str(params)])
+    assert code == 0
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "training.metrics"]
+    assert len(warnings) == 1
+    assert "video accuracy 0.333 does not beat the majority baseline 0.333 (always answering 'left'" in warnings[0].message
+    printed = capsys.readouterr().out
+    assert "video_accuracy=0.3333" in printed and "majority_baseline=0.3333" in printed
+    assert "majority_class=left" in printed and "chance" not in printed
 
 
 def test_evaluate_refuses_records_with_other_classes(trained, tmp_path):

@@ -3,7 +3,8 @@
 ``python -m training.evaluate --records DIR --model DIR --output DIR [--params params.yaml]``
 
 Composes :func:`training.metrics.evaluate` (metrics.json, predictions, confusion matrix,
-per-class scores in the output folder) with MLflow: the metrics and reports go into the
+per-class scores in the output folder; a warning when the video accuracy does not beat the
+majority baseline) with MLflow: the metrics and reports go into the
 training run when the model folder has one (an untracked model is backfilled by register).
 """
 
@@ -17,7 +18,18 @@ from training import artifacts
 from vidseq import cli
 from vidseq.params import DEFAULT_PARAMS, Params
 
-HEADLINE = ("accuracy", "video_accuracy", "shuffled_accuracy", "reversed_accuracy", "macro_f1", "chance")
+HEADLINE = (
+    "video_accuracy", "video_accuracy_ci_low", "video_accuracy_ci_high", "majority_baseline", "majority_class",
+    "video_balanced_accuracy", "accuracy", "shuffled_accuracy", "reversed_accuracy", "macro_f1", "videos",
+)  # fmt: skip
+
+
+def headline(metrics: dict) -> str:
+    """The printed line: ``video_accuracy=0.6250 video_accuracy_ci_low=0.5026 ... majority_class=noFight ...``."""
+    def shown(value):
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    return " ".join(f"{k}={shown(metrics[k])}" for k in HEADLINE if k in metrics)
 
 
 def _run(argv: list[str] | None) -> None:
@@ -34,7 +46,7 @@ def _run(argv: list[str] | None) -> None:
         records.read_spec(records_dir), (split,), records_dir, f"evaluate.split is {split}",
         "set evaluate.split to a split the records hold",
     )  # before TensorFlow is imported
-    from training.metrics import evaluate
+    from training.metrics import baseline_warning, evaluate
     from training.tracking import runs
 
     result = evaluate(records_dir, args.model, args.output, params.evaluate)
@@ -42,8 +54,9 @@ def _run(argv: list[str] | None) -> None:
         runs.track_evaluation(
             args.model, result.paths["metrics"], params={"evaluate": params.evaluate.as_dict()},
             records_dir=records_dir, split=params.evaluate.split,
+            warning=baseline_warning(result.metrics, params.evaluate.split),
         )  # fmt: skip
-    print(" ".join(f"{k}={result.metrics[k]:.4f}" for k in HEADLINE if k in result.metrics))
+    print(headline(result.metrics))
 
 
 main = cli.harness(_run)

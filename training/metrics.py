@@ -1,17 +1,25 @@
 """Evaluation metrics: clip- and video-level scores of a trained model on a held-out split, and their reports.
 
 Reports clip accuracy, top-k accuracy, video-level accuracy (clip probabilities averaged per
-``video_id``, as mmaction2 and PySlowFast report), per-class precision/recall/F1, a confusion
-matrix, and a temporal-order check: accuracy when each clip's frames are shuffled in time
-(seeded) and when they are reversed. A model that uses motion falls towards chance on shuffled
-frames; on classes that are time-reversals of each other (left/right, zoom in/out) it falls
-towards 0 on reversed frames.
+``video_id``, as mmaction2 and PySlowFast report), per-class precision/recall/F1 (of clips and of
+videos), a confusion matrix, and a temporal-order check: accuracy when each clip's frames are
+shuffled in time (seeded) and when they are reversed. A model that uses motion loses accuracy
+on shuffled frames; on classes that are time-reversals of each other (left/right, zoom in/out)
+it falls towards 0 on reversed frames.
+
+What a number is worth on a small split is reported beside it: the majority baseline (the
+share of the split's videos in its commonest class: what always answering that class scores),
+balanced accuracy (the mean of the per-class recalls, which that answer holds at 1/classes),
+and a 95 % Wilson score interval for video accuracy (a proportion of ``videos`` trials). When
+the video accuracy, or the interval's lower bound, does not rise above the majority baseline,
+:func:`baseline_warning` says so (a warning; the evaluation still succeeds).
 
 Writes into the output directory ``metrics.json`` (flat keys, ``dvc metrics show``),
 ``predictions.csv`` (one ``video_id,actual,predicted,confidence`` row per clip: the
 ``dvc plots`` confusion template), ``confusion_matrix.csv``, ``confusion_matrix.png`` and
-``per_class.csv`` (names in :mod:`training.artifacts`). The metric logic is plain numpy, in the
-functions below; the stage entry point is ``python -m training.evaluate``. No MLflow here.
+``per_class.csv`` (clip and video scores per class; names in :mod:`training.artifacts`). The
+metric logic is plain numpy, in the functions below; the stage entry point is
+``python -m training.evaluate``. No MLflow here.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -92,6 +100,70 @@ def per_class_scores(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support}
 
 
+def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """The mean recall over the classes present in ``labels`` (scikit-learn's ``balanced_accuracy_score``)."""
+    cm = confusion_matrix(labels, predictions, num_classes)
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present])) if present.any() else float("nan")
+
+
+def majority_baseline(labels: np.ndarray, num_classes: int) -> tuple[float, int]:
+    """``(share, class index)`` of the commonest class of ``labels`` (the first such class on a tie).
+
+    The accuracy of always answering that class: what a model must beat to have learnt anything
+    beyond the class balance.
+    """
+    if not len(labels):
+        return float("nan"), 0
+    counts = np.bincount(labels, minlength=num_classes)
+    best = int(np.argmax(counts))
+    return float(counts[best] / len(labels)), best
+
+
+WILSON_Z = 1.959963984540054  # the standard normal's 97.5 % quantile: a two-sided 95 % interval
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95 % by default); ``(nan, nan)`` for no trials.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or ``trials``
+    successes: 64 of 64 videos right gives 0.944-1.0, not 1.0-1.0.
+    """
+    if trials <= 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def baseline_warning(metrics: Mapping[str, Any], split: str = "test") -> str | None:
+    """A sentence when the video accuracy does not beat the majority baseline, else ``None``.
+
+    The model does not beat the baseline when its video accuracy is at or below it, and is not
+    shown to beat it when the 95 % interval's lower bound is at or below it; each case has its own
+    sentence. Pure; reads the keys :func:`compute_metrics` writes (``None`` when they are missing,
+    e.g. an older metrics.json).
+    """
+    try:
+        value, base = float(metrics["video_accuracy"]), float(metrics["majority_baseline"])
+        low, high = float(metrics["video_accuracy_ci_low"]), float(metrics["video_accuracy_ci_high"])
+        videos = int(metrics["videos"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    always = f"always answering {metrics['majority_class']!r}" if metrics.get("majority_class") else "the commonest class"
+    baseline = f"the majority baseline {base:.3f} ({always} on the {videos} {split} videos)"
+    if value <= base:
+        return (f"video accuracy {value:.3f} does not beat {baseline}: the model has learnt nothing the class "
+                "balance does not give")  # fmt: skip
+    if low <= base:
+        return (f"video accuracy {value:.3f} is above {baseline}, but its 95 % interval {low:.3f}-{high:.3f} "
+                "reaches down to the baseline: not shown to beat it (more test videos, or k-fold, would tell)")  # fmt: skip
+    return None
+
+
 def shuffle_time(clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Permutes the frames of each clip ``(batch, T, ...)`` in time, independently per clip."""
     order = np.argsort(rng.random(clips.shape[:2]), axis=1)
@@ -106,21 +178,38 @@ def compute_metrics(
     top_k: int = 2,
     shuffled_probs: np.ndarray | None = None,
     reversed_probs: np.ndarray | None = None,
-) -> dict[str, float | int]:
-    """All metrics as one flat dict (``dvc metrics show`` and MLflow take it as is)."""
-    cm = confusion_matrix(labels, np.argmax(probs, axis=1), len(classes))
+) -> dict[str, float | int | str]:
+    """All metrics as one flat dict (``dvc metrics show`` and MLflow take it as is).
+
+    Numbers, and one string: ``majority_class``, the class the majority baseline answers.
+    Keys without a level are of clips; ``video_*`` and ``majority_*`` are of videos.
+    """
+    num_classes = len(classes)
+    predicted = np.argmax(probs, axis=1)
+    cm = confusion_matrix(labels, predicted, num_classes)
     scores = per_class_scores(cm)
     _, video_labels, video_probs = video_level(probs, labels, video_ids)
+    video_predicted = np.argmax(video_probs, axis=1) if len(video_labels) else video_labels
+    video_scores = per_class_scores(confusion_matrix(video_labels, video_predicted, num_classes))
+    video_right = int(np.sum(video_predicted == video_labels))
+    low, high = wilson_interval(video_right, len(video_labels))
+    base, base_class = majority_baseline(video_labels, num_classes)
     eps = 1e-7
-    metrics: dict[str, float | int] = {
+    metrics: dict[str, float | int | str] = {
         "accuracy": accuracy(labels, probs),
-        f"top_{min(top_k, len(classes))}_accuracy": top_k_accuracy(labels, probs, top_k),
+        f"top_{min(top_k, num_classes)}_accuracy": top_k_accuracy(labels, probs, top_k),
         "video_accuracy": accuracy(video_labels, video_probs),
+        "video_accuracy_ci_low": low,
+        "video_accuracy_ci_high": high,
+        "majority_baseline": base,
+        "majority_class": classes[base_class],
+        "video_balanced_accuracy": balanced_accuracy(video_labels, video_predicted, num_classes),
+        "balanced_accuracy": balanced_accuracy(labels, predicted, num_classes),
         "loss": float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)))),
         "macro_precision": float(scores["precision"].mean()),
         "macro_recall": float(scores["recall"].mean()),
         "macro_f1": float(scores["f1"].mean()),
-        "chance": 1.0 / len(classes),
+        "video_macro_f1": float(video_scores["f1"].mean()),
         "clips": int(len(labels)),
         "videos": int(len(video_labels)),
     }
@@ -132,6 +221,10 @@ def compute_metrics(
     for i, name in enumerate(classes):
         for key in ("precision", "recall", "f1"):
             metrics[f"{key}_{name}"] = float(scores[key][i])
+    for i, name in enumerate(classes):
+        for key in ("precision", "recall", "f1"):
+            metrics[f"video_{key}_{name}"] = float(video_scores[key][i])
+        metrics[f"video_support_{name}"] = int(video_scores["support"][i])
     return metrics
 
 
@@ -142,7 +235,7 @@ def compute_metrics(
 class EvalResult:
     """What :func:`evaluate` produced: ``metrics`` (flat) and ``paths`` of the files written."""
 
-    metrics: dict[str, float | int]
+    metrics: dict[str, float | int | str]
     paths: dict[str, str]
 
 
@@ -205,9 +298,15 @@ def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateCon
     )  # fmt: skip
     paths = write_reports(output_dir, metrics, pred, spec.classes, split=cfg.split)
     logger.info(
-        "%s: clip accuracy %.3f, video accuracy %.3f, shuffled-frames accuracy %.3f (chance %.3f)",
-        cfg.split, metrics["accuracy"], metrics["video_accuracy"], metrics["shuffled_accuracy"], metrics["chance"],
+        "%s: video accuracy %.3f (95 %% interval %.3f-%.3f, %d videos), majority baseline %.3f (%s), "
+        "balanced video accuracy %.3f, clip accuracy %.3f, shuffled-frames accuracy %.3f",
+        cfg.split, metrics["video_accuracy"], metrics["video_accuracy_ci_low"], metrics["video_accuracy_ci_high"],
+        metrics["videos"], metrics["majority_baseline"], metrics["majority_class"],
+        metrics["video_balanced_accuracy"], metrics["accuracy"], metrics["shuffled_accuracy"],
     )  # fmt: skip
+    warning = baseline_warning(metrics, cfg.split)
+    if warning:
+        logger.warning("%s", warning)
     return EvalResult(metrics, paths)
 
 
@@ -233,12 +332,17 @@ def write_reports(
         writer.writerow(["actual\\predicted", *classes])
         writer.writerows([name, *row] for name, row in zip(classes, cm.tolist()))
     scores = per_class_scores(cm)
+    _, video_labels, video_probs = video_level(pred["probs"], pred["labels"], list(pred["video_ids"]))
+    video_scores = per_class_scores(confusion_matrix(video_labels, np.argmax(video_probs, axis=1), len(classes)))
     with open(paths["per_class"], "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
+        writer.writerow(["class", "precision", "recall", "f1", "support",
+                         "video_precision", "video_recall", "video_f1", "video_support"])  # fmt: skip
         for i, name in enumerate(classes):
-            values = [f"{scores[k][i]:.4f}" for k in ("precision", "recall", "f1")]
-            writer.writerow([name, *values, int(scores["support"][i])])
+            row = [name]
+            for level in (scores, video_scores):
+                row += [*(f"{level[k][i]:.4f}" for k in ("precision", "recall", "f1")), int(level["support"][i])]
+            writer.writerow(row)
     title = confusion_title("clip", split, metrics["accuracy"], int(cm.sum()))
     plot_confusion(cm, classes, paths["confusion_png"], title=title)
     return paths

@@ -6,7 +6,9 @@
 ``REF`` is a training output folder (``model.keras`` + ``dataset.json``), an MLflow model
 folder, or an MLflow model URI; the default is the registered champion,
 ``models:/<register.model_name>@champion``, read from ``MLFLOW_TRACKING_URI`` or
-``sqlite:///mlflow.db``. Videos are decoded and sampled exactly as the preprocessing did
+``sqlite:///mlflow.db``; without a champion (no version passed the promotion gate) the error
+says so, with the gate and what to use instead (``@challenger``, a version, the training
+output folder). Videos are decoded and sampled exactly as the preprocessing did
 (:mod:`training.classifier`) and the clip probabilities averaged. Each video prints
 ``{"video", "label", "probabilities", "clips"}`` (``top_k`` instead of ``probabilities``
 with ``--top-k``); a video that cannot be read prints ``{"video", "error"}`` and the others
@@ -46,8 +48,11 @@ class ModelLoadError(VidseqError):
     """The model reference cannot be loaded as a video classifier; the message says why."""
 
 
-def load_classifier(reference: str) -> Any:
+def load_classifier(reference: str, register: RegisterConfig | None = None) -> Any:
     """Loads a :class:`training.classifier.VideoClassifier` from a folder or an MLflow URI.
+
+    ``register`` (the ``register`` params) words the error for a ``models:/<name>@champion`` that
+    does not exist: the gate no version passed, and what to predict with instead.
 
     Raises:
         ModelLoadError: for a missing folder, an unsupported URI, an unknown model or alias,
@@ -61,7 +66,7 @@ def load_classifier(reference: str) -> Any:
         if os.path.exists(os.path.join(reference, MODEL_FILE)):
             return VideoClassifier.from_dir(reference)  # a damaged or mismatched model: its own VidseqError
         if os.path.exists(os.path.join(reference, "MLmodel")):
-            return _load_mlflow(reference)
+            return _load_mlflow(reference, register)
         raise ModelLoadError(f"{reference} holds neither {MODEL_FILE} + dataset.json nor an MLflow model (MLmodel)")
     if ":/" in reference:
         scheme = urlparse(reference).scheme.lower()
@@ -71,14 +76,32 @@ def load_classifier(reference: str) -> Any:
                 "output folder, an MLflow model folder or a URI such as models:/vidseq-cnn-lstm@champion, "
                 "runs:/<run id>/video_classifier, file:///path or s3://bucket/path"
             )
-        return _load_mlflow(reference)
+        return _load_mlflow(reference, register)
     raise ModelLoadError(
         f"model {reference} not found: give a training output folder (model.keras + dataset.json), "
         "an MLflow model folder or a URI such as models:/vidseq-cnn-lstm@champion"
     )
 
 
-def _load_mlflow(uri: str) -> Any:
+def _missing_alias(uri: str, register: RegisterConfig | None) -> str | None:
+    """For ``models:/<name>@<alias>`` that does not resolve: why, and what to use instead (else ``None``)."""
+    if not uri.startswith("models:/") or "@" not in uri:
+        return None
+    import mlflow
+
+    from training.tracking.registry import missing_alias_reason
+
+    name, alias = uri[len("models:/") :].rsplit("@", 1)
+    if register is None or register.model_name != name:
+        register = dataclasses.replace(register or RegisterConfig(), model_name=name)
+    try:
+        return missing_alias_reason(mlflow.MlflowClient(), name, alias, register)
+    except Exception:  # noqa: BLE001 - the store failed while explaining: the load error says it
+        logger.debug("explaining %s", uri, exc_info=True)
+        return None
+
+
+def _load_mlflow(uri: str, register: RegisterConfig | None = None) -> Any:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -92,7 +115,7 @@ def _load_mlflow(uri: str) -> Any:
     except Exception as exc:  # MLflow, the artifact store and Keras each raise their own types
         logger.debug("loading %s", uri, exc_info=True)
         text = str(getattr(exc, "message", exc)).strip()
-        message = text.splitlines()[0] if text else type(exc).__name__
+        message = _missing_alias(uri, register) or (text.splitlines()[0] if text else type(exc).__name__)
         raise ModelLoadError(f"cannot load {uri} from {tracking_uri()}: {message}") from exc
     try:
         classifier = getattr(model.unwrap_python_model(), "classifier", None)
@@ -142,16 +165,21 @@ def predict_video(classifier: Any, path: str, top_k: int | None = None) -> dict[
     return line
 
 
-def default_model(params_path: str | None) -> str:
-    """``models:/<register.model_name>@champion`` from ``params_path``.
+def register_config(params_path: str | None) -> RegisterConfig:
+    """The ``register`` section of ``params_path``.
 
-    Without ``params_path``, ``params.yaml`` is read if it exists, else the default name is used.
+    Without ``params_path``, ``params.yaml`` is read if it exists, else the defaults are used.
     """
     if params_path is None:
         if not os.path.exists(DEFAULT_PARAMS):
-            return RegisterConfig().champion_uri
+            return RegisterConfig()
         params_path = DEFAULT_PARAMS
-    return Params.load(params_path).register.champion_uri
+    return Params.load(params_path).register
+
+
+def default_model(params_path: str | None) -> str:
+    """``models:/<register.model_name>@champion`` from ``params_path`` (see :func:`register_config`)."""
+    return register_config(params_path).champion_uri
 
 
 def describe_model(reference: str, classes: list[str]) -> str:
@@ -200,8 +228,9 @@ def _run(argv: list[str] | None) -> int:
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k must be positive, got {args.top_k}")
     limits = cli_limits(args)
-    reference = args.model or default_model(args.params)
-    classifier = load_classifier(reference)
+    register = register_config(args.params)
+    reference = args.model or register.champion_uri
+    classifier = load_classifier(reference, register)
     print(describe_model(reference, list(classifier.spec.classes)), file=sys.stderr, flush=True)
     classifier.limits, classifier.limit_names = limits, CLI_FLAGS
     failed = 0

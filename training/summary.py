@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 
 UI_PORT = 5000
 SERVE_PORT = 5001
-_HEADLINE = (("video_accuracy", "video accuracy"), ("accuracy", "clip accuracy"),
-             ("shuffled_accuracy", "shuffled-frames accuracy"), ("chance", "chance"))  # fmt: skip
+_HEADLINE = (("video_balanced_accuracy", "balanced video accuracy"), ("accuracy", "clip accuracy"),
+             ("shuffled_accuracy", "shuffled-frames accuracy"))  # fmt: skip
 
 
 def _store_exists(uri: str) -> bool:
@@ -71,6 +71,37 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def test_lines(metrics: dict[str, Any]) -> list[str]:
+    """``Test: video accuracy 0.6250 (95 % Wilson interval 0.5026-0.7341, 64 videos), majority baseline ...``.
+
+    Then a ``warning:`` line when the model does not beat the majority baseline
+    (:func:`training.metrics.baseline_warning`). An older metrics.json shows what it has.
+    """
+    from training.metrics import baseline_warning
+
+    parts = []
+    if _is_number(metrics.get("video_accuracy")):
+        part = f"video accuracy {metrics['video_accuracy']:.4f}"
+        low, high = metrics.get("video_accuracy_ci_low"), metrics.get("video_accuracy_ci_high")
+        if _is_number(low) and _is_number(high):
+            videos = f", {metrics['videos']} videos" if _is_number(metrics.get("videos")) else ""
+            part += f" (95 % Wilson interval {low:.4f}-{high:.4f}{videos})"
+        parts.append(part)
+    if _is_number(metrics.get("majority_baseline")):
+        which = f" (always {metrics['majority_class']})" if metrics.get("majority_class") else ""
+        parts.append(f"majority baseline {metrics['majority_baseline']:.4f}{which}")
+    parts += [f"{label} {metrics[key]:.4f}" for key, label in _HEADLINE if _is_number(metrics.get(key))]
+    lines = [f"Test: {', '.join(parts)}"]
+    warning = baseline_warning(metrics)
+    if warning:
+        lines.append(f"  warning: {warning}")
+    return lines
+
+
 def summary_lines(
     register_cfg: RegisterConfig,
     mlflow_cfg: MlflowConfig,
@@ -95,9 +126,7 @@ def summary_lines(
         "DVC: dvc metrics show | dvc metrics diff | dvc plots show | dvc exp show --only-changed",
     ]
     if metrics:
-        numbers = [(label, metrics[key]) for key, label in _HEADLINE if isinstance(metrics.get(key), (int, float))]
-        shown = ", ".join(f"{label} {value:.4f}" for label, value in numbers)
-        lines.append(f"Test: {shown}")
+        lines += test_lines(metrics)
     if registry:
         lines.append(
             f"Last registration: {registry.get('model_name')} v{registry.get('version')} "
@@ -116,7 +145,8 @@ def summary_lines(
     elif registry:
         lines.append(
             f"Champion: none yet for {register_cfg.model_name}: no version passed the gate (register.min_accuracy "
-            f"{register_cfg.min_accuracy:g}); predict with a folder: python -m training.predict --model models VIDEO..."
+            f"{register_cfg.min_accuracy:g}); predict with the last version: python -m training.predict --model "
+            f"models:/{register_cfg.model_name}@challenger VIDEO... (or --model models, the training output folder)"
         )
     else:
         lines.append(

@@ -47,15 +47,26 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """``data``: where the raw videos and the records live, and the demo dataset's size."""
+    """``data``: where the raw videos and the records live, the data's name, and the demo dataset's size.
+
+    ``name`` names the data in MLflow (dataset inputs ``<name>-train``, run names
+    ``<commit>-<name>-<n>``); ``None``: the folder of ``raw_dir`` (a manifest's own folder).
+    """
 
     raw_dir: str = "data/demo"
     records_dir: str = "data/records"
+    name: str | None = None
     synth_videos_per_class: int = 45
     synth_seed: int = 0
 
     def __post_init__(self) -> None:
         check(self.synth_videos_per_class > 0, "data.synth_videos_per_class", "must be positive")
+        if self.name is not None:
+            check(
+                bool(_NAME.match(self.name)),
+                "data.name",
+                f"must be letters, digits, '.', '_' or '-' (it names datasets and runs), got {self.name!r}",
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

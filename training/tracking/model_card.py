@@ -2,8 +2,10 @@
 
 What the model takes (a video, sampled as T frames at F fps, H×W), how to call ``predict`` and
 the served endpoint, its classes, the data (records hash, clips and videos per split and
-class, preprocessing failures), the test metrics (video and clip accuracy, per-class F1,
-shuffled and reversed frames), the registry decision and its reason, and the git commit.
+class, preprocessing failures), the test metrics (video accuracy with its 95 % Wilson interval,
+the majority baseline, balanced accuracy, per-class scores of videos, clip accuracy, shuffled
+and reversed frames, and evaluate's warning when the model does not beat the baseline), the
+registry decision and its reason, and the git commit.
 
 :func:`card_facts` reads it all from the run (its spec artifact, tags, dataset inputs, metrics,
 errors summary); :func:`render` writes the Markdown (pure). It becomes the run's description
@@ -33,14 +35,19 @@ MAX_CHARS = 5000  # registered model / version description column (mlflow model_
 ERRORS_SUMMARY = "preprocessing/errors_summary.json"
 SERVE_PORT = 5001
 RECORD_ARTIFACT = "registry/{name}-v{version}.json"  # a version's registry record in its run (training.tracking.registry)
+BASELINE_WARNING_TAG = "vidseq.evaluate.baseline_warning"  # set by evaluate when the model does not beat the baseline
 HEADLINE = (
     ("video_accuracy", "video accuracy (clip probabilities averaged per video)"),
+    ("video_accuracy_ci", "video accuracy, 95 % interval (Wilson score interval over the {videos} videos)"),
+    ("majority_baseline", "majority baseline: always answering `{majority}` (its share of the videos)"),
+    ("video_balanced_accuracy", "balanced video accuracy (mean of the per-class recalls)"),
+    ("video_macro_f1", "macro F1 (videos)"),
     ("accuracy", "clip accuracy"),
+    ("balanced_accuracy", "balanced clip accuracy"),
     ("macro_f1", "macro F1 (clips)"),
     ("shuffled_accuracy", "accuracy, frames shuffled in time"),
     ("shuffled_video_accuracy", "video accuracy, frames shuffled in time"),
     ("reversed_accuracy", "accuracy, frames reversed"),
-    ("chance", "chance"),
 )
 
 
@@ -117,6 +124,22 @@ def _input_section(spec: DatasetSpec, uri: str) -> list[str]:
     ]
 
 
+def majority_class(metrics: Mapping[str, Any], classes: Any) -> str | None:
+    """The class the majority baseline answers: the most ``video_support_<class>`` (the first on a tie)."""
+    support = [(metrics.get(f"video_support_{name}"), i, name) for i, name in enumerate(classes)]
+    known = [(value, -i, name) for value, i, name in support if value is not None]
+    return max(known)[2] if known else None
+
+
+def _metric_rows(metrics: Mapping[str, Any], classes: Any) -> list[str]:
+    values = dict(metrics)
+    if "video_accuracy_ci_low" in metrics and "video_accuracy_ci_high" in metrics:
+        values["video_accuracy_ci"] = f"{metrics['video_accuracy_ci_low']:.4f}-{metrics['video_accuracy_ci_high']:.4f}"
+    names = {"videos": int(metrics["videos"]) if "videos" in metrics else "?",
+             "majority": majority_class(metrics, classes) or "the commonest class"}  # fmt: skip
+    return [f"| {label.format(**names)} | {_number(values[key])} |" for key, label in HEADLINE if key in values]
+
+
 def _metrics_section(facts: Mapping[str, Any], per_class: bool) -> list[str]:
     metrics, spec = facts["metrics"], facts["spec"]
     if not metrics:
@@ -125,15 +148,27 @@ def _metrics_section(facts: Mapping[str, Any], per_class: bool) -> list[str]:
     size = ""
     if "clips" in metrics and "videos" in metrics:
         size = f": {int(metrics['clips'])} clips of {int(metrics['videos'])} videos"
-    lines = [f"## Test metrics ({split} split{size})", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {label} | {_number(metrics[key])} |" for key, label in HEADLINE if key in metrics]
-    if per_class and any(f"f1_{name}" in metrics for name in spec.classes):
+    lines = [f"## Test metrics ({split} split{size})", ""]
+    warning = facts["tags"].get(BASELINE_WARNING_TAG)
+    if warning:
+        lines += [f"**Warning**: {warning}.", ""]
+    lines += ["| metric | value |", "|---|---|", *_metric_rows(metrics, spec.classes)]
+    if per_class and any(f"video_f1_{name}" in metrics for name in spec.classes):
+        lines += ["", "Per class, of videos (clip F1 beside):", "",
+                  "| class | videos | precision | recall | F1 | clip F1 |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for name in spec.classes:
+            support = metrics.get(f"video_support_{name}")
+            values = [_number(metrics.get(f"video_{key}_{name}", float("nan"))) for key in ("precision", "recall", "f1")]
+            values.append(_number(metrics.get(f"f1_{name}", float("nan"))))
+            lines.append(f"| {name} | {'?' if support is None else int(support)} | {' | '.join(values)} |")
+    elif per_class and any(f"f1_{name}" in metrics for name in spec.classes):  # a run evaluated before video scores
         lines += ["", "| class | precision | recall | F1 |", "|---|---|---|---|"]
         for name in spec.classes:
             values = [_number(metrics.get(f"{key}_{name}", float("nan"))) for key in ("precision", "recall", "f1")]
             lines.append(f"| {name} | {' | '.join(values)} |")
-    lines += ["", "A model that uses motion drops towards chance on shuffled frames; the contact sheet and "
-              "animation of test clips (worst misclassified first) are in the run's `evaluation/` artifacts.", ""]  # fmt: skip
+    lines += ["", "A score means something only above the majority baseline, and on few videos only as far as "
+              "its interval reaches. A model that uses motion loses accuracy on shuffled frames; the contact sheet "
+              "and animation of test clips (worst misclassified first) are in the run's `evaluation/` artifacts.", ""]  # fmt: skip
     return lines
 
 

@@ -17,6 +17,7 @@ run would get the same name. Names here come from what the run is instead:
 from __future__ import annotations
 
 import os
+import posixpath
 import random
 import re
 import time
@@ -32,18 +33,38 @@ SHORT_SHA = 7
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def dataset_name(records_dir: str | None, params: Mapping[str, Any] | None = None) -> str:
-    """A short name of the data: the videos folder the records were made from, else the records folder.
+def input_folder_name(raw_dir: str) -> str:
+    """The name of the folder the videos come from: ``data/demo`` -> ``demo``, ``data/fight/manifest.csv`` -> ``fight``.
 
-    ``data.records_dir`` made from ``data.raw_dir: data/demo`` is ``demo``; records given
-    elsewhere (``--records /data/ucf101``) are named by their folder (``ucf101``).
+    A manifest CSV is named by the folder that holds it, never ``manifest.csv``; one in the
+    current folder by that folder.
+    """
+    path = str(raw_dir).rstrip("/")
+    if path.lower().endswith(".csv"):
+        remote = "://" in path
+        path = (posixpath.dirname(path) if remote else os.path.dirname(os.path.abspath(path))) or path
+    if "://" in path:
+        return posixpath.basename(path.split("://", 1)[1].rstrip("/")) or ""
+    return os.path.basename(os.path.normpath(path))
+
+
+def dataset_name(records_dir: str | None, params: Mapping[str, Any] | None = None) -> str:
+    """A short name of the data: ``data.name``, else the videos' folder, else the records folder.
+
+    ``data.records_dir`` made from ``data.raw_dir: data/demo`` is ``demo``, from
+    ``data/fight/manifest.csv`` it is ``fight`` (:func:`input_folder_name`), or ``data.name``
+    when set. Records given elsewhere (``--records /data/ucf101``) are named by their folder
+    (``ucf101``): ``data`` describes other records.
     """
     data = (params or {}).get("data") or {}
-    raw, default_records = data.get("raw_dir"), data.get("records_dir")
+    raw, default_records, given = data.get("raw_dir"), data.get("records_dir"), data.get("name")
     same = records_dir and default_records and os.path.normpath(records_dir) == os.path.normpath(default_records)
-    folder = raw if (same or not records_dir) and raw else records_dir or "records"
-    name = os.path.basename(os.path.normpath(str(folder).rstrip("/"))) or "records"
-    return _UNSAFE.sub("_", name)
+    name = ""
+    if same or not records_dir:
+        name = given or (input_folder_name(raw) if raw else "")
+    if not name and records_dir:
+        name = os.path.basename(os.path.normpath(str(records_dir).rstrip("/")))
+    return _UNSAFE.sub("_", name or "records")
 
 
 def dvc_experiment(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:

@@ -30,7 +30,7 @@ import logging
 import os
 from typing import Any
 
-from training.artifacts import REGISTERED_JSON
+from training.artifacts import MODELS_DIR, REGISTERED_JSON
 from vidseq.errors import VidseqError
 from vidseq.params import CHALLENGER, CHAMPION, MlflowConfig, Params, RegisterConfig
 
@@ -232,6 +232,65 @@ def settle_champion(
         writes.append(best)
     logger.warning("@champion of %s still moving after %d rounds: reporting the last read", name, MAX_ROUNDS)
     return champion, candidates, writes
+
+
+def _version_summary(client: Any, name: str, metric: str) -> tuple[list[tuple[int, float | None, bool]], str]:
+    """``([(version, metric value or None, passed the gate)], words)`` of every version of ``name``, oldest first."""
+    found = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name='{name}'", page_token=token)
+        for version in page:
+            value = version.tags.get(TAG_PREFIX + metric)
+            found.append((int(version.version), None if value is None else float(value), version.tags.get(GATE_TAG) == PASSED))
+        token = page.token
+        if not token:
+            break
+    found.sort()
+    scored = [(v, x) for v, x, _ in found if x is not None]
+    words = []
+    if scored:
+        best = max(scored, key=lambda item: ranking(*item))
+        words.append(f"best v{best[0]} with {metric} {best[1]:.4f}")
+    if found and (not scored or found[-1][0] != best[0]):
+        last, value, _ = found[-1]
+        words.append(f"last v{last}" + ("" if value is None else f" with {value:.4f}"))
+    return found, ", ".join(words)
+
+
+def missing_alias_reason(client: Any, name: str, alias: str, cfg: RegisterConfig | None = None) -> str | None:
+    """Why ``models:/<name>@<alias>`` does not resolve, and what to load instead; ``None`` if it resolves.
+
+    For ``@champion``: no version passed the gate (``register.min_accuracy`` of ``cfg``, and the
+    best and last versions' metric from their tags), so predict with ``@challenger`` (the last
+    version), ``models:/<name>/<version>`` or the training output folder. One line, for a CLI error.
+    """
+    from mlflow.exceptions import MlflowException
+
+    cfg = cfg or RegisterConfig(model_name=name)
+    folder = f"the training output folder: --model {MODELS_DIR}"
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException:
+        return f"no model is registered as {name} in this store: train and register one (dvc repro), or predict with {folder}"
+    aliases = dict(getattr(model, "aliases", None) or {})
+    if alias in aliases:
+        return None
+    versions, words = _version_summary(client, name, cfg.metric)
+    instead = (f"predict with the last registered version: --model models:/{name}@{CHALLENGER}, a version of your "
+               f"choice: --model models:/{name}/<version>, or {folder}")  # fmt: skip
+    if alias != CHAMPION:
+        held = ", ".join(f"@{a} (v{v})" for a, v in sorted(aliases.items())) or "none"
+        return f"{name} has no alias @{alias} (its aliases: {held}); {instead}"
+    if not versions:
+        return f"{name} has no versions yet: train and register one (dvc repro), or predict with {folder}"
+    gate = f"register.min_accuracy = {cfg.min_accuracy:g} on {cfg.metric}"
+    count = f"{len(versions)} version{'s' if len(versions) != 1 else ''}" + (f": {words}" if words else "")
+    if any(passed for _, _, passed in versions):
+        return (f"no version of {name} holds @{CHAMPION} although one passed the gate ({gate}; {count}): "
+                f"the alias was removed; set it again with the registry, or {instead}")  # fmt: skip
+    return (f"no version of {name} has passed the promotion gate yet ({gate}; {count}), so none is "
+            f"@{CHAMPION}; {instead}")  # fmt: skip
 
 
 def register_version(

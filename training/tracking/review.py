@@ -165,7 +165,7 @@ def per_class_table(per_class_csv: str) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {name: [] for name in (rows[0] if rows else [])}
     for row in rows:
         for name, value in row.items():
-            columns[name].append(value if name == "class" else int(value) if name == "support" else float(value))
+            columns[name].append(value if name == "class" else int(value) if name.endswith("support") else float(value))
     return columns
 
 

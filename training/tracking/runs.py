@@ -736,10 +736,13 @@ def track_evaluation(
     params: Mapping[str, Any] | None = None,
     records_dir: str | None = None,
     split: str = "test",
+    warning: str | None = None,
 ) -> str:
     """Evaluate's whole logging: continue the training run, log ``params`` and the metrics.
 
-    With ``records_dir`` also: the evaluated split as the run's ``evaluation`` input, the test
+    ``warning`` (the model does not beat the majority baseline: :func:`training.metrics.baseline_warning`)
+    becomes the run's ``vidseq.evaluate.baseline_warning`` tag, which the model card shows; without
+    one, a tag from an earlier evaluation is removed. With ``records_dir`` also: the evaluated split as the run's ``evaluation`` input, the test
     clips sheet and animation and the per-class table (:mod:`training.tracking.review`), and
     the model card, now with the test metrics, as the run's description.
 
@@ -751,6 +754,10 @@ def track_evaluation(
         if params:
             log_params_once(params)
         mlflow.set_tag("vidseq.evaluate.split", split)
+        if warning:
+            mlflow.set_tag(model_card.BASELINE_WARNING_TAG, warning)
+        elif model_card.BASELINE_WARNING_TAG in mlflow.MlflowClient().get_run(run_id).data.tags:
+            mlflow.MlflowClient().delete_tag(run_id, model_card.BASELINE_WARNING_TAG)
         spec = records.read_spec(model_dir)
         if records_dir:  # the evaluated split first: the metrics linked to the models name it
             tags = mlflow.MlflowClient().get_run(run_id).data.tags
