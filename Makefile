@@ -26,7 +26,7 @@ $(STAMP): $(LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -m vidseq.lockfile sync $(LOCK)
+	$(BIN)/python -m tools.lockfile sync $(LOCK)
 	$(BIN)/python -m pip check
 	@touch $(STAMP)
 
@@ -43,7 +43,7 @@ lock:
 # lock. Exits non-zero when the smoke path fails. Not part of `make test`: an upstream release must
 # not block a landing; run it before `make lock`, or on a schedule.
 check-latest:
-	$(PYTHON) -m vidseq.check_latest --lock $(LOCK)
+	$(PYTHON) -m tools.check_latest --lock $(LOCK)
 
 test: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)

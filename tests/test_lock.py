@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from vidseq import check_latest, lockfile
+from tools import check_latest, lockfile
 
 REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / "requirements.lock"
@@ -109,7 +109,7 @@ def test_sync_uninstalls_what_the_lock_does_not_hold_and_check_then_passes(tmp_p
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def lockfile_cli(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([python, "-m", "vidseq.lockfile", command, str(lock)], env=env, capture_output=True,
+        return subprocess.run([python, "-m", "tools.lockfile", command, str(lock)], env=env, capture_output=True,
                               text=True, timeout=120)  # fmt: skip
 
     before = lockfile_cli("check")
@@ -126,7 +126,7 @@ def test_sync_uninstalls_what_the_lock_does_not_hold_and_check_then_passes(tmp_p
 def test_an_unreadable_lock_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "bad.lock").write_text("numpy>=2\n")
     for path in (tmp_path / "bad.lock", tmp_path / "missing.lock"):
-        done = subprocess.run([sys.executable, "-m", "vidseq.lockfile", "check", str(path)], cwd=REPO,
+        done = subprocess.run([sys.executable, "-m", "tools.lockfile", "check", str(path)], cwd=REPO,
                               capture_output=True, text=True, timeout=60)  # fmt: skip
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and done.stderr.startswith(f"error: cannot read the lock {path}")

@@ -11,8 +11,8 @@ Only the standard library is used: this runs before (and outside) the locked env
 
 Usage::
 
-    python -m vidseq.lockfile check requirements.lock   # exit 1 and a list when the env differs
-    python -m vidseq.lockfile sync requirements.lock    # uninstall packages the lock does not hold
+    python -m tools.lockfile check requirements.lock   # exit 1 and a list when the env differs
+    python -m tools.lockfile sync requirements.lock    # uninstall packages the lock does not hold
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def sync(lock_path: str, python: str = sys.executable) -> Differences:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidseq.lockfile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.lockfile", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("check", "sync"))
     parser.add_argument("lock", nargs="?", default="requirements.lock")
     args = parser.parse_args(argv)

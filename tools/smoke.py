@@ -12,7 +12,7 @@ line naming the command that failed (its output is shown above it).
 
 Usage::
 
-    python -m vidseq.smoke WORKDIR
+    python tools/smoke.py WORKDIR
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def run(workdir: str, python: str = sys.executable) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidseq.smoke", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tools/smoke.py", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="folder for everything the path writes (created if missing)")
     return run(parser.parse_args(argv).workdir)
 

@@ -5,7 +5,7 @@ with its ``team`` and ``dev`` extras from this checkout the way a user who ``pip
 it: from the ranges, ignoring ``requirements.lock``. Then it
 
 1. lists which packages resolve to another release than the lock holds (or are new or gone), and
-2. runs the smoke path (:mod:`vidseq.smoke`: preprocess, 1-epoch train, evaluate, register and
+2. runs the smoke path (`tools/smoke.py`: preprocess, 1-epoch train, evaluate, register and
    predict on tiny generated videos) with that venv's Python, from a folder outside the checkout.
 
 Exit status: 0 when the smoke path passed (whatever the differences), 1 when it failed, 2 when the
@@ -14,7 +14,7 @@ Python, before any venv exists.
 
 Usage::
 
-    python -m vidseq.check_latest [--lock requirements.lock] [--keep]
+    python -m tools.check_latest [--lock requirements.lock] [--keep]
 """
 
 from __future__ import annotations
@@ -30,18 +30,28 @@ import time
 import venv
 from collections.abc import Sequence
 
-from vidseq import lockfile
+from tools import lockfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# What a copy of the checkout leaves out: outputs, stores, venvs, and what a build writes in-tree.
+_NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".dvc", "data", "models", "reports", "mlruns", "mlartifacts",
+                                     "mlflow.db", "dvc_plots", "build", "dist", "*.egg-info", "__pycache__")  # fmt: skip
+
+
 def newest_environment(folder: str, repo: str = REPO) -> str:
-    """Makes a venv in ``folder`` holding vidseq[dev] at the newest releases in its ranges; returns its python."""
-    venv.EnvBuilder(with_pip=True).create(folder)
-    python = os.path.join(folder, "bin", "python")
+    """Makes a venv in ``folder`` holding vidseq[dev] at the newest releases in its ranges; returns its python.
+
+    pip builds vidseq from a copy of the checkout (it builds in the source tree, writing ``build/``
+    and ``*.egg-info``), not editable: the package as a user installs it, from pyproject's ranges.
+    """
+    source = os.path.join(folder, "source")
+    shutil.copytree(repo, source, ignore=_NOT_SOURCE)
+    venv.EnvBuilder(with_pip=True).create(os.path.join(folder, "venv"))
+    python = os.path.join(folder, "venv", "bin", "python")
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    # Not editable: the package as a user installs it (pyproject's ranges), built in isolation.
-    subprocess.run([python, "-m", "pip", "install", "--quiet", f"{repo}[dev]"], check=True)
+    subprocess.run([python, "-m", "pip", "install", "--quiet", f"{source}[dev]"], check=True)
     return python
 
 
@@ -62,7 +72,7 @@ def report(locked: dict[str, str], found: dict[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vidseq.check_latest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.check_latest", description=__doc__.splitlines()[0])
     parser.add_argument("--lock", default=os.path.join(REPO, "requirements.lock"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary venv and smoke folder")
     args = parser.parse_args(argv)
@@ -73,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(f"check-latest: installing vidseq[dev] at the newest releases inside its ranges into {top}/venv", flush=True)
         try:
-            python = newest_environment(os.path.join(top, "venv"))
+            python = newest_environment(top)
         except subprocess.CalledProcessError as exc:
             print(f"error: pip could not install the newest releases inside pyproject.toml's ranges (exit "
                   f"{exc.returncode}, output above): a range admits no installable set", flush=True)
@@ -82,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"check-latest: {line}", flush=True)
         env = {**os.environ, "PATH": os.path.join(top, "venv", "bin") + os.pathsep + os.environ.get("PATH", "")}
         env.pop("PYTHONPATH", None)
-        smoke = subprocess.run([python, "-m", "vidseq.smoke", os.path.join(top, "smoke")], cwd=top, env=env, check=False)
+        smoke = subprocess.run([python, os.path.join(REPO, "tools", "smoke.py"), os.path.join(top, "smoke")], cwd=top,
+                               env=env, check=False)  # fmt: skip
         minutes = (time.monotonic() - started) / 60
         if smoke.returncode != 0:
             print(f"error: check-latest: the smoke path fails on the newest releases ({minutes:.1f} min): keep the "
