@@ -8,7 +8,7 @@
   penalty: a logistic regression on the statistics. Few parameters, so it suits a few hundred
   clips of frozen pretrained features; the change statistic keeps some of the motion.
 
-Both end in the same ``probabilities`` layer (float32, L2 ``model.l2``). Built-in Keras layers
+Both end in the same ``probabilities`` layer (float32; L2 ``model.l2`` for ``temporal_stats``). Built-in Keras layers
 only, plus :class:`TemporalStatistics` (registered, so every ``.keras`` file that holds it loads
 wherever this module is imported: :mod:`training.model` imports it).
 """
@@ -80,7 +80,7 @@ def apply_head(x: keras.KerasTensor, cfg: ModelConfig, num_classes: int) -> kera
             x = layers.Bidirectional(rnn, name=f"bi_{cfg.rnn}_{i + 1}")(x) if cfg.bidirectional else rnn(x)
     if cfg.dropout > 0:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
+    regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 and cfg.head == "temporal_stats" else None
     return layers.Dense(
         num_classes, activation="softmax", dtype="float32", kernel_regularizer=regularizer, name="probabilities"
     )(x)

@@ -236,7 +236,7 @@ class ModelConfig:
         rnn_layers: stacked recurrent layers.
         bidirectional: wrap each recurrent layer in ``Bidirectional``.
         dropout: dropout rate before the classifier (and after the frame features).
-        l2: L2 penalty on the classifier's weights (0: none).
+        l2: ``temporal_stats``: L2 penalty on the classifier's weights (0: none).
     """
 
     backbone: str = "cnn"
@@ -254,14 +254,14 @@ class ModelConfig:
     frame_pooling: Literal["flatten", "global_avg", "global_max"] = "global_max"
     frame_features: int = 0
     head: Literal["rnn", "temporal_stats"] = "rnn"
-    statistics: tuple[str, ...] = ("mean", "std", "change")
+    statistics: tuple[str, ...] = ("std", "change")
     standardize: bool = True
     rnn: Literal["lstm", "gru"] = "lstm"
     rnn_units: int = 64
     rnn_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.5
-    l2: float = 0.0
+    l2: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
@@ -426,7 +426,7 @@ class TrainConfig:
         )
         check(
             (self.fine_tune_epochs > 0) == (self.fine_tune_layers > 0),
-            "train.fine_tune_epochs" if self.fine_tune_layers else "train.fine_tune_layers",
+            "train.fine_tune_epochs",
             "and train.fine_tune_layers go together: both positive to fine-tune, both 0 not to",
         )
         for key in ("epochs", "batch_size", "shuffle_buffer"):
