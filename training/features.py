@@ -46,13 +46,13 @@ def model_digest(model: Any) -> str:
 
 def records_digest(records_dir: str, split: str, spec: DatasetSpec) -> str:
     """SHA-256 of a split's shards (names and contents) and of the records' clip format."""
-    import tensorflow as tf
+    from pipeline import storage
 
     fmt = {"clip_shape": list(spec.clip_shape), "frame_encoding": spec.frame_encoding, "classes": list(spec.classes)}
     digest = hashlib.sha256(json.dumps(fmt, sort_keys=True).encode())
     for path in shard_files(records_dir, split, spec):
         digest.update(os.path.basename(path).encode())
-        with tf.io.gfile.GFile(path, "rb") as handle:
+        with storage.open_read(path) as handle:  # local, gs:// and s3:// alike
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()

@@ -13,6 +13,11 @@ convention: every worker runs the same command with its own ``TF_CONFIG``), with
 files, or every N-th record when there are fewer files than workers), only the chief writes
 into the output folder, the others write into a temporary folder that they remove, and an
 interrupted run resumes from the chief's backup when all workers are started again.
+With a frozen pretrained backbone (``model.freeze_backbone``) a single worker trains on the
+frozen-feature path: the per-frame features of train and val come from :mod:`training.features`
+(computed once, cached) and only the head is fitted on them; the head shares its layers with the
+whole model, which is what is saved. ``train.fine_tune_*`` then fine-tunes the backbone's top
+layers with the head, end to end on the frames (:func:`_fine_tune`).
 The stage entry point is ``python -m training.train``; this module imports no MLflow.
 """
 
