@@ -259,3 +259,30 @@ def test_the_image_plots_page_needs_no_network(repo, tmp_path):
 
     dark = sum(Image.open(shot).convert("L").histogram()[:128])
     assert dark > 2000  # axes, labels and curves drawn, not a blank page
+
+
+def test_the_backbone_file_is_a_dependency_of_train(tmp_path):
+    """``model.backbone_file`` resolves into train's deps: the backbones folder by default, else the file named."""
+    import os
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    shutil.copytree(os.path.join(root, "backbones"), tmp_path / "backbones")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
+
+    def train_deps():  # in a fresh interpreter: DVC keeps what it parsed for the life of a process
+        script = (
+            "import json\nfrom dvc.repo import Repo\nwith Repo('.') as repo:\n"
+            "    (stage,) = repo.stage.collect('train')\n    print(json.dumps([d.def_path for d in stage.deps]))"
+        )
+        done = subprocess.run([str(BIN / "python"), "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    assert "backbones" in train_deps()
+    set_params(tmp_path, model__backbone="file", model__backbone_file="backbones/mine.keras")
+    deps = train_deps()
+    assert "backbones/mine.keras" in deps and "backbones" not in deps

@@ -79,23 +79,6 @@ def test_saved_model_round_trips(tmp_path):
     np.testing.assert_allclose(keras.saving.load_model(path).predict(clips, verbose=0), model.predict(clips, verbose=0))
 
 
-def test_mobilenet_backbone_loads_weights_from_a_local_file_only(tmp_path):
-    spec = dataclasses.replace(SPEC, height=32, width=32)
-    cfg = ModelConfig(backbone="mobilenet_v3_small", normalization="symmetric", with_frames=False,
-                      rnn_units=8)  # fmt: skip
-    first = build_model(spec, cfg)
-    backbone = first.get_layer("per_frame").layer.get_layer("MobileNetV3Small")
-    path = str(tmp_path / "backbone.weights.h5")
-    backbone.save_weights(path)
-    second = build_model(spec, dataclasses.replace(cfg, backbone_weights=path, freeze_backbone=True))
-    loaded = second.get_layer("per_frame").layer.get_layer("MobileNetV3Small")
-    for a, b in zip(backbone.get_weights(), loaded.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert not loaded.trainable
-    with pytest.raises(FileNotFoundError, match="model.backbone_weights .* not found"):
-        build_model(spec, dataclasses.replace(cfg, backbone_weights=str(tmp_path / "missing.h5")))
-
-
 # --------------------------------------------------------------------------- shape contract
 
 

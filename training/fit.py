@@ -13,6 +13,11 @@ convention: every worker runs the same command with its own ``TF_CONFIG``), with
 files, or every N-th record when there are fewer files than workers), only the chief writes
 into the output folder, the others write into a temporary folder that they remove, and an
 interrupted run resumes from the chief's backup when all workers are started again.
+With a frozen pretrained backbone (``model.freeze_backbone``) a single worker trains on the
+frozen-feature path: the per-frame features of train and val come from :mod:`training.features`
+(computed once, cached) and only the head is fitted on them; the head shares its layers with the
+whole model, which is what is saved. ``train.fine_tune_*`` then fine-tunes the backbone's top
+layers with the head, end to end on the frames (:func:`_fine_tune`).
 The stage entry point is ``python -m training.train``; this module imports no MLflow.
 """
 
@@ -31,6 +36,7 @@ import warnings
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline import records
@@ -45,8 +51,11 @@ from training.artifacts import (
     MODEL_FILE,
     RESUME_JSON,
 )
+from training.backbones import backbone_of, unfreeze_top
 from training.data import check_compatible, make_dataset
-from training.model import build_model, save_model
+from training.features import split_features
+from training.heads import standardizer
+from training.model import build_model, save_model, split_model
 from training.shards import count_clips, reading_records
 from vidseq.errors import VidseqError
 from vidseq.params import ModelConfig, TrainConfig
@@ -305,6 +314,9 @@ def _train(
     cache_dir = os.path.join(own_dir, CACHE_DIR)
     shutil.rmtree(cache_dir, ignore_errors=True)  # a file cache of an interrupted run may be partial
 
+    on_features = model_cfg.frozen_features and not workers.several
+    if model_cfg.frozen_features and workers.several:
+        logger.info("several workers: the frozen backbone runs on every epoch's frames (no feature cache)")
     if workers.several:
         if _agree(strategy, _backup_epoch(paths["backup"]) if resuming else -1) is False:
             raise VidseqError(
@@ -313,40 +325,46 @@ def _train(
                 f"{paths['backup']} on every worker to start over"
             )
         train_ds, val_ds = _worker_datasets(records_dir, spec, train_cfg, strategy, cache_dir)
-    else:
-        train_ds = make_dataset(
-            records_dir, "train", spec, train_cfg.batch_size, training=True, augment=train_cfg.augment,
-            seed=train_cfg.seed, shuffle_buffer=train_cfg.shuffle_buffer, cache=train_cfg.cache, cache_dir=cache_dir,
-        )  # fmt: skip
-        val_ds = make_dataset(
-            records_dir, "val", spec, train_cfg.batch_size, cache=train_cfg.cache, cache_dir=cache_dir
-        )
+    elif not on_features:
+        train_ds, val_ds = _frame_datasets(records_dir, spec, train_cfg, cache_dir)
 
     mixed = configure_mixed_precision(train_cfg.mixed_precision)
     try:
         with strategy.scope():
-            model = compile_model(build_model(spec, model_cfg), train_cfg, steps_per_epoch)
+            model = build_model(spec, model_cfg)
+        fitted = model  # what fit trains: the whole model, or its head on cached features
+        if on_features:
+            fitted, train_ds, val_ds = _feature_datasets(records_dir, spec, model, model_cfg, train_cfg)
+        elif model_cfg.head == "temporal_stats" and model_cfg.standardize:
+            _adapt_standardizer(model, make_dataset(records_dir, "train", spec, train_cfg.batch_size))
+        with strategy.scope():
+            compile_model(fitted, train_cfg, steps_per_epoch)
         if workers.several:
             check_compatible(model, spec, spec)
             _build_for_workers(model, spec, strategy)
-        else:
+        elif not on_features:
             check_compatible(model, train_ds, spec)
         first = _FirstEpoch()
         logger.info(
             "training %s on %d clips (%d steps/epoch) of %s for up to %d epochs%s",
-            model.name, train_clips, steps_per_epoch, spec.clip_shape, train_cfg.epochs,
+            model.name if fitted is model else f"the head of {model.name} on cached features",
+            train_clips, steps_per_epoch, spec.clip_shape, train_cfg.epochs,
             f" on {workers.count} workers" if workers.several else "",
         )  # fmt: skip
         start = time.perf_counter()
         with reading_records(records_dir, spec, "train", "val"), warnings.catch_warnings():  # damage: one error
             if workers.several:  # validation ends where the workers' parts end: not a short dataset
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(
+            fitted.fit(
                 train_ds, validation_data=val_ds, epochs=train_cfg.epochs, verbose=verbose,
                 callbacks=[first, *make_callbacks(paths, train_cfg, resuming)],
                 steps_per_epoch=steps_per_epoch if workers.several else None,
                 shuffle=False,  # the dataset shuffles itself
             )  # fmt: skip
+        if os.path.exists(paths["best_weights"]):  # best over the whole run, resumed epochs included
+            fitted.load_weights(paths["best_weights"])
+        if train_cfg.fine_tune_epochs:
+            _fine_tune(model, records_dir, spec, train_cfg, paths, cache_dir, verbose)
         seconds = time.perf_counter() - start
     finally:
         if mixed:
@@ -357,8 +375,6 @@ def _train(
         raise DivergedError(
             f"training diverged (loss NaN) at epoch {len(history['loss'])}: lower train.learning_rate"
         )
-    if os.path.exists(paths["best_weights"]):  # best over the whole run, resumed epochs included
-        model.load_weights(paths["best_weights"])
     initial_epoch = first.epoch if first.epoch is not None else len(history.get("epoch", []))
     result = TrainResult(model, spec, history, initial_epoch, _best_epoch(history, train_cfg.monitor), seconds, {
         k: paths[k] for k in ("model", "dataset", "history_json", "history_csv", "curves")
@@ -375,6 +391,111 @@ def _train(
     else:
         logger.info("trained in %.1fs; best epoch %d; wrote %s", seconds, result.best_epoch + 1, output_dir)
     return result
+
+
+def _frame_datasets(records_dir: str, spec: DatasetSpec, cfg: TrainConfig, cache_dir: str) -> tuple[Any, Any]:
+    """Train (shuffled, augmented) and val batches of clips."""
+    train_ds = make_dataset(
+        records_dir, "train", spec, cfg.batch_size, training=True, augment=cfg.augment, seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer, cache=cfg.cache, cache_dir=cache_dir,
+    )  # fmt: skip
+    val_ds = make_dataset(records_dir, "val", spec, cfg.batch_size, cache=cfg.cache, cache_dir=cache_dir)
+    return train_ds, val_ds
+
+
+def _feature_datasets(
+    records_dir: str, spec: DatasetSpec, model: keras.Model, model_cfg: ModelConfig, cfg: TrainConfig
+) -> tuple[keras.Model, Any, Any]:
+    """The frozen-feature path: ``(head, train, val)``, the head to fit and its batches of cached features.
+
+    The head shares its layers with ``model``: fitting it trains the whole model.
+    """
+    parts = split_model(model)
+    if parts is None:
+        raise VidseqError(f"{model.name} has no per-frame part to cache: set model.freeze_backbone false")
+    feature_model, head = parts
+    if cfg.augment.enabled:
+        logger.info(
+            "frozen-feature path: train.augment is not applied (each clip's features are computed once, from "
+            "the clip as recorded); set model.freeze_backbone false to train on augmented frames"
+        )
+    splits = {name: split_features(records_dir, name, spec, feature_model, cfg.feature_cache) for name in ("train", "val")}
+    if standardizer(head) is not None:
+        _adapt_standardizer(head, tf.data.Dataset.from_tensor_slices(splits["train"]["features"]).batch(256))
+    train = splits["train"]
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((train["features"], train["labels"]))
+        .shuffle(len(train["labels"]), seed=cfg.seed, reshuffle_each_iteration=True)
+        .batch(cfg.batch_size)
+    )
+    val = splits["val"]
+    val_ds = tf.data.Dataset.from_tensor_slices((val["features"], val["labels"])).batch(cfg.batch_size)
+    return head, train_ds, val_ds
+
+
+def _adapt_standardizer(model: keras.Model, data: tf.data.Dataset) -> None:
+    """Adapts the ``temporal_stats`` head's ``standardize`` layer to the statistics of ``data``'s clips.
+
+    ``model`` is the head (``data``: features) or a whole model whose head is inline (``data``:
+    batches of clips, or ``(clips, labels)``).
+    """
+    layer = standardizer(model)
+    if layer is None:
+        head = split_model(model)
+        layer = standardizer(head[1]) if head else None
+        if layer is None:
+            return
+    statistics = keras.Model(model.input, layer.input)
+    data = data.map(lambda *batch: batch[0])
+    layer.adapt(np.concatenate([np.asarray(statistics.predict_on_batch(x)) for x in data.as_numpy_iterator()]))
+
+
+def _fine_tune(
+    model: keras.Model, records_dir: str, spec: DatasetSpec, cfg: TrainConfig, paths: dict[str, str],
+    cache_dir: str, verbose: int | str,
+) -> None:  # fmt: skip
+    """Fine-tunes the top ``train.fine_tune_layers`` of the backbone with the head, end to end on the frames.
+
+    Keras' transfer-learning guide: the head was trained on the frozen backbone first; now the
+    backbone's top layers (BatchNormalization excepted: it stays in inference mode) train too, at
+    ``train.fine_tune_learning_rate``, for ``train.fine_tune_epochs`` more epochs, with the same
+    early stopping and best checkpoint; the epochs go on in ``history.csv``. Not resumable: a
+    killed run trains the head again (seconds on cached features) and fine-tunes from its start.
+    """
+    backbone = backbone_of(model.get_layer("per_frame").layer)
+    opened = unfreeze_top(backbone, cfg.fine_tune_layers)
+    done = len(_read_csv(paths["history_csv"]))
+    logger.info(
+        "fine-tuning %d layers of %s with the head for %d epochs at learning rate %g",
+        opened, backbone.name, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
+    )  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.fine_tune_learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    train_ds, val_ds = _frame_datasets(records_dir, spec, cfg, cache_dir)
+    best = _best_logged(paths["history_csv"], cfg.monitor)
+    checkpoint = os.path.join(os.path.dirname(paths["best_weights"]), "fine_tuned.weights.h5")
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.ModelCheckpoint(
+            checkpoint, monitor=cfg.monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=best,  # fine-tuning must beat the head alone to be kept
+        ),  # fmt: skip
+        keras.callbacks.CSVLogger(paths["history_csv"], append=True),
+    ]
+    if cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=cfg.monitor, patience=cfg.early_stopping_patience))
+    before = model.get_weights()
+    with reading_records(records_dir, spec, "train", "val"):
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=done, epochs=done + cfg.fine_tune_epochs,
+                  verbose=verbose, callbacks=callbacks, shuffle=False)  # fmt: skip
+    if os.path.exists(checkpoint):
+        model.load_weights(checkpoint)
+    else:
+        logger.info("fine-tuning never beat the head alone on %s: keeping the head's weights", cfg.monitor)
+        model.set_weights(before)
 
 
 def _worker_datasets(

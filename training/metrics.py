@@ -259,15 +259,37 @@ def check_same_classes(model_spec: DatasetSpec, records_spec: DatasetSpec) -> No
 def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
     """Runs the model over a split: as recorded, frames shuffled in time, frames reversed.
 
+    A model with a pretrained per-frame backbone (:func:`training.model.split_model`) runs its
+    backbone once per frame: the head then sees the features as recorded, shuffled and reversed
+    in time, which is what the whole model computes on shuffled and reversed frames.
+
     Returns:
         ``{"labels", "video_ids", "probs", "shuffled_probs", "reversed_probs"}`` arrays.
     """
     from training.data import check_compatible, make_dataset
+    from training.model import split_model
     from training.shards import reading_records
 
     ds = make_dataset(records_dir, cfg.split, spec, cfg.batch_size, with_video_id=True)
     check_compatible(model, ds, spec)
     rng = np.random.default_rng(cfg.shuffle_seed)
+    parts = split_model(model)
+    if parts is not None:
+        from training.features import compute_features
+
+        feature_model, head = parts
+        found = compute_features(records_dir, cfg.split, spec, feature_model)
+        features = found["features"]
+        predict = lambda x: np.concatenate([  # noqa: E731
+            np.asarray(head.predict_on_batch(x[i : i + cfg.batch_size])) for i in range(0, len(x), cfg.batch_size)
+        ])
+        return {
+            "labels": found["labels"].astype(np.int64),
+            "video_ids": found["video_ids"],
+            "probs": predict(features),
+            "shuffled_probs": predict(shuffle_time(features, rng)),
+            "reversed_probs": predict(features[:, ::-1]),
+        }
     keys = ("labels", "video_ids", "probs", "shuffled_probs", "reversed_probs")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with reading_records(records_dir, spec, cfg.split):  # a damaged shard: one error naming it

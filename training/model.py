@@ -1,6 +1,8 @@
-"""The CNN-LSTM video classifier: ``TimeDistributed(frame CNN) -> LSTM/GRU -> Dense(softmax)``.
+"""The video classifier: ``TimeDistributed(frame encoder) -> head (LSTM/GRU or temporal statistics) -> Dense(softmax)``.
 
-Input ``(batch, T, H, W, C)`` float frames in [0, 1]; output class probabilities. Before the
+Input ``(batch, T, H, W, C)`` float frames in [0, 1]; output class probabilities. The frame
+encoder is a CNN trained from scratch or a pretrained image model (:mod:`training.backbones`);
+the heads are :mod:`training.heads`. Before the
 CNN, built-in layers may turn the frames into what changes between them
 (``model.temporal_input``): the frame differences cancel a static background, which lets a
 small CNN trained on a few hundred clips find the motion instead of memorising scenes. The clip
@@ -25,7 +27,8 @@ from keras import layers
 
 from pipeline.records import ContractError, DatasetSpec
 
-from vidseq.errors import MissingFileError
+from training.backbones import build_image_model
+from training.heads import HEAD, apply_head, build_head
 from vidseq.params import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -47,7 +50,15 @@ TINY = ModelConfig(
 
 
 def build_model(spec: DatasetSpec, cfg: ModelConfig) -> keras.Model:
-    """Builds the (uncompiled) CNN-LSTM for the clips described by ``spec``.
+    """Builds the (uncompiled) video model for the clips described by ``spec``.
+
+    With ``backbone: cnn`` the frames go through ``model.normalization`` and
+    ``model.temporal_input``, a ``TimeDistributed`` CNN and the head's layers, all in one graph.
+    With a pretrained backbone (:mod:`training.backbones`) the clip goes straight into
+    ``per_frame`` (``TimeDistributed`` of the image model, which scales the frames itself) and
+    then into the head as a sub-model named ``head`` (:mod:`training.heads`), so that the head
+    can be trained alone on cached per-frame features (:func:`split_model`) while the saved
+    model stays whole, raw frames in.
 
     Args:
         spec: the records' ``dataset.json``: input ``spec.clip_shape`` (T, H, W, C) and
@@ -58,22 +69,40 @@ def build_model(spec: DatasetSpec, cfg: ModelConfig) -> keras.Model:
         A functional ``keras.Model`` mapping ``(batch, T, H, W, C)`` to ``(batch, classes)``.
 
     Raises:
-        FileNotFoundError: if ``cfg.backbone_weights`` names a file that does not exist.
+        FileNotFoundError: if ``cfg.backbone_file`` is needed and does not exist.
     """
     inputs = keras.Input(spec.clip_shape, name="clip")
+    if cfg.backbone != "cnn":
+        if spec.channels != 3:
+            raise ValueError(f"model.backbone {cfg.backbone} needs 3-channel (RGB) frames, the records have {spec.channels}")
+        image_model = build_image_model(spec.clip_shape[1:], cfg)
+        x = layers.TimeDistributed(image_model, name="per_frame")(inputs)  # (batch, T, features)
+        head = build_head(x.shape[1], x.shape[2], cfg, spec.num_classes)
+        head_name = cfg.rnn if cfg.head == "rnn" else "stats"
+        return keras.Model(inputs, head(x), name=f"{cfg.backbone if cfg.backbone != 'file' else 'pretrained'}_{head_name}")
     x = _normalize(inputs, cfg.normalization, spec.channels)
     x = _temporal_input(x, cfg, spec.sequence_length)
     frame_encoder = _frame_encoder(x.shape[2:], cfg)
     x = layers.TimeDistributed(frame_encoder, name="per_frame")(x)  # (batch, T, features)
-    for i in range(cfg.rnn_layers):
-        last = i == cfg.rnn_layers - 1
-        rnn_cls = layers.LSTM if cfg.rnn == "lstm" else layers.GRU
-        rnn = rnn_cls(cfg.rnn_units, return_sequences=not last, name=f"{cfg.rnn}_{i + 1}")
-        x = layers.Bidirectional(rnn, name=f"bi_{cfg.rnn}_{i + 1}")(x) if cfg.bidirectional else rnn(x)
-    if cfg.dropout > 0:
-        x = layers.Dropout(cfg.dropout, name="dropout")(x)
-    outputs = layers.Dense(spec.num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=f"cnn_{cfg.rnn}")
+    outputs = apply_head(x, cfg, spec.num_classes)
+    return keras.Model(inputs, outputs, name=f"cnn_{cfg.rnn if cfg.head == 'rnn' else 'stats'}")
+
+
+def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
+    """``(features, head)`` of a model with a pretrained backbone, else ``None``.
+
+    ``features`` maps clips to per-frame features ``(batch, T, F)`` (the ``per_frame`` layer),
+    ``head`` maps those to probabilities; ``head(features(clips))`` is ``model(clips)``, with
+    the same weights (shared, not copied): training ``head`` trains ``model``.
+    """
+    try:
+        head = model.get_layer(HEAD)
+        per_frame = model.get_layer("per_frame")
+    except ValueError:
+        return None
+    if per_frame.input is not model.input and getattr(per_frame.input, "name", None) != model.input.name:
+        return None  # something between the clip and the image model: not a per-frame encoder of the clip
+    return keras.Model(model.input, per_frame.output, name="features"), head
 
 
 def build_tiny_model(spec: DatasetSpec) -> keras.Model:
@@ -114,23 +143,18 @@ def _temporal_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.Ker
 
 
 def _frame_encoder(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras.Model:
-    """The per-frame CNN: ``(H, W, C')`` -> feature vector."""
+    """The per-frame CNN trained from scratch: ``(H, W, C')`` -> feature vector."""
     frame = keras.Input(frame_shape, name="frame")
-    if cfg.backbone == "mobilenet_v3_small":
-        x = _mobilenet(frame_shape, cfg)(frame)
-    else:
-        x = frame
-        for block, filters in enumerate(cfg.conv_filters, start=1):
-            for conv in range(1, cfg.convs_per_block + 1):
-                name = f"block{block}_conv{conv}"
-                x = layers.Conv2D(
-                    filters, cfg.conv_kernel, padding="same", use_bias=not cfg.batch_norm, name=name
-                )(x)
-                if cfg.batch_norm:
-                    x = layers.BatchNormalization(name=f"{name}_bn")(x)
-                x = layers.Activation("relu", name=f"{name}_relu")(x)
-            pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
-            x = pool(2, name=f"block{block}_pool")(x)
+    x = frame
+    for block, filters in enumerate(cfg.conv_filters, start=1):
+        for conv in range(1, cfg.convs_per_block + 1):
+            name = f"block{block}_conv{conv}"
+            x = layers.Conv2D(filters, cfg.conv_kernel, padding="same", use_bias=not cfg.batch_norm, name=name)(x)
+            if cfg.batch_norm:
+                x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = layers.Activation("relu", name=f"{name}_relu")(x)
+        pool = layers.MaxPooling2D if cfg.pooling == "max" else layers.AveragePooling2D
+        x = pool(2, name=f"block{block}_pool")(x)
     if cfg.frame_pooling == "global_avg":
         x = layers.GlobalAveragePooling2D(name="global_avg")(x)
     elif cfg.frame_pooling == "global_max":
@@ -142,25 +166,6 @@ def _frame_encoder(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras
         if cfg.dropout > 0:
             x = layers.Dropout(cfg.dropout, name="frame_dropout")(x)
     return keras.Model(frame, x, name="frame_cnn")
-
-
-def _mobilenet(frame_shape: tuple[int, int, int], cfg: ModelConfig) -> keras.Model:
-    """MobileNetV3Small without its top, random init or weights from a local file only."""
-    backbone = keras.applications.MobileNetV3Small(
-        input_shape=tuple(frame_shape),
-        include_top=False,
-        weights=None,  # never download: pretrained weights come from backbone_weights
-        include_preprocessing=False,  # frames arrive in [-1, 1] (model.normalization: symmetric)
-    )
-    if cfg.backbone_weights:
-        if not os.path.exists(cfg.backbone_weights):
-            raise MissingFileError(
-                f"model.backbone_weights {cfg.backbone_weights} not found: give the path of a local "
-                "MobileNetV3Small no-top weights file (nothing is downloaded)"
-            )
-        backbone.load_weights(cfg.backbone_weights)
-    backbone.trainable = not cfg.freeze_backbone
-    return backbone
 
 
 def summarize(spec: DatasetSpec, model_cfg: ModelConfig) -> str:

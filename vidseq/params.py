@@ -20,6 +20,7 @@ from typing import Any, Literal
 from vidseq.validation import ConfigError, check, from_mapping, read_yaml
 
 __all__ = [
+    "APPLICATIONS",
     "CHALLENGER",
     "CHAMPION",
     "DEFAULT_PARAMS",
@@ -32,6 +33,7 @@ __all__ = [
     "Params",
     "PreprocessConfig",
     "RegisterConfig",
+    "STATISTICS",
     "TrainConfig",
 ]
 
@@ -43,6 +45,19 @@ CHALLENGER = "challenger"
 """Alias of the most recently registered version, promoted or not."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+APPLICATIONS = (
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_v2_b0",
+    "resnet50",
+)
+"""The Keras Applications ``model.backbone`` may name (``training.backbones`` builds them; each is tested)."""
+
+STATISTICS = ("mean", "std", "change")
+"""What the ``temporal_stats`` head may compute per feature over time (``model.statistics``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,20 +200,31 @@ class RegisterConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``model``: the CNN-LSTM architecture (input shape and classes come from dataset.json).
+    """``model``: the video model, frames -> per-frame encoder -> head (input shape and classes come from dataset.json).
 
     Attributes:
-        backbone: ``cnn`` (the conv blocks below) or ``mobilenet_v3_small``
-            (``keras.applications``, random init or ``backbone_weights``).
-        backbone_weights: local path of weights for the backbone (``load_weights``);
-            nothing is ever downloaded.
-        freeze_backbone: do not train the backbone (useful with ``backbone_weights``).
-        normalization: how the [0, 1] frames are scaled inside the model: ``unit`` (as is),
-            ``symmetric`` ([-1, 1]) or ``imagenet`` (per-channel mean/std).
+        backbone: the per-frame encoder: ``cnn`` (the conv blocks below, trained from
+            scratch), a Keras Applications name (:data:`APPLICATIONS`), or ``file``: the Keras
+            image model saved at ``backbone_file`` (``.keras``: RGB 0..255 in, a feature vector
+            out, its preprocessing inside). A pretrained backbone scales the [0, 1] frames
+            itself (:mod:`training.backbones`) and is average-pooled to one vector per frame.
+        backbone_weights: an application's weights: ``null`` (random init), ``imagenet``
+            (Keras' download into its cache, ``$KERAS_HOME/models`` or ``~/.keras/models``; a
+            file already there is used, so a machine without a network needs it placed there)
+            or ``file`` (the weights file ``backbone_file``).
+        backbone_file: the ``.keras`` image model (``backbone: file``) or the weights file
+            (``backbone_weights: file``); a DVC dependency of ``train`` either way (default: the
+            ``backbones`` folder, which always exists).
+        freeze_backbone: do not train the backbone. With a pretrained backbone this is the
+            frozen-feature path: each clip's per-frame features are computed once and cached,
+            and the head trains on them (``train.feature_cache``).
+        normalization: how the [0, 1] frames are scaled for backbone ``cnn``: ``unit`` (as
+            is), ``symmetric`` ([-1, 1]) or ``imagenet`` (per-channel mean/std); a pretrained
+            backbone needs ``unit`` (it scales the frames as it was trained to).
         temporal_input: what the CNN sees at each time step: ``frames`` (the frames as
             recorded), ``difference`` (each frame minus the previous one: T - 1 steps, the
             static background cancels out, what moves remains) or ``clip_mean`` (each frame
-            minus the clip's mean frame).
+            minus the clip's mean frame); a pretrained backbone needs ``frames``.
         with_frames: with ``difference``/``clip_mean``, also give the CNN the frames themselves
             (stacked as extra channels), so it sees what moves as well as how.
         conv_filters: filters of each conv block (each block halves H and W).
@@ -206,19 +232,27 @@ class ModelConfig:
         convs_per_block: convolutions per block before the pooling.
         pooling: ``max`` or ``avg`` pooling at the end of each block.
         batch_norm: batch normalisation after every convolution.
-        frame_pooling: how a frame's last feature map becomes a vector: ``global_max`` (is a
-            feature anywhere: finds a small moving object), ``global_avg``, or ``flatten``
+        frame_pooling: how a frame's last feature map becomes a vector (``cnn``): ``global_max``
+            (is a feature anywhere: finds a small moving object), ``global_avg``, or ``flatten``
             (keeps positions, many more parameters).
-        frame_features: units of a Dense layer per frame after the pooling (0: none).
+        frame_features: units of a Dense layer per frame after the pooling (0: none; ``cnn`` only).
+        head: ``rnn`` (the recurrent layers below) or ``temporal_stats`` (``statistics`` of each
+            feature over time -> dropout -> Dense: a logistic regression; :mod:`training.heads`).
+        statistics: ``temporal_stats``: any of ``mean``, ``std``, ``change`` (mean absolute
+            frame-to-frame difference).
+        standardize: ``temporal_stats``: scale each statistic to mean 0, variance 1 over the
+            training clips (a ``Normalization`` layer inside the model, adapted before training).
         rnn: ``lstm`` or ``gru``.
         rnn_units: units of each recurrent layer.
         rnn_layers: stacked recurrent layers.
         bidirectional: wrap each recurrent layer in ``Bidirectional``.
         dropout: dropout rate before the classifier (and after the frame features).
+        l2: ``temporal_stats``: L2 penalty on the classifier's weights (0: none).
     """
 
-    backbone: Literal["cnn", "mobilenet_v3_small"] = "cnn"
-    backbone_weights: str | None = None
+    backbone: str = "cnn"
+    backbone_weights: Literal["imagenet", "file"] | None = None
+    backbone_file: str = "backbones"
     freeze_backbone: bool = False
     normalization: Literal["unit", "symmetric", "imagenet"] = "unit"
     temporal_input: Literal["frames", "difference", "clip_mean"] = "difference"
@@ -230,14 +264,21 @@ class ModelConfig:
     batch_norm: bool = True
     frame_pooling: Literal["flatten", "global_avg", "global_max"] = "global_max"
     frame_features: int = 0
+    head: Literal["rnn", "temporal_stats"] = "rnn"
+    statistics: tuple[str, ...] = ("std", "change")
+    standardize: bool = True
     rnn: Literal["lstm", "gru"] = "lstm"
     rnn_units: int = 64
     rnn_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.5
+    l2: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
+        object.__setattr__(self, "statistics", tuple(self.statistics))
+        choices = ("cnn", *APPLICATIONS, "file")
+        check(self.backbone in choices, "model.backbone", f"must be one of {', '.join(choices)}; got {self.backbone!r}")
         if self.backbone == "cnn":
             check(len(self.conv_filters) > 0, "model.conv_filters", "must list at least one block")
         check(all(f > 0 for f in self.conv_filters), "model.conv_filters", f"must be positive, got {self.conv_filters}")
@@ -247,23 +288,58 @@ class ModelConfig:
             self.frame_features >= 0, "model.frame_features", f"must be 0 (none) or positive, got {self.frame_features}"
         )
         check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(self.l2 >= 0.0, "model.l2", f"must be >= 0, got {self.l2}")
+        unknown = sorted(set(self.statistics) - set(STATISTICS))
+        check(
+            bool(self.statistics) and not unknown,
+            "model.statistics",
+            f"must list some of {', '.join(STATISTICS)}, got {list(self.statistics)}",
+        )
         if self.backbone_weights is not None:
-            check(self.backbone != "cnn", "model.backbone_weights", "needs model.backbone: mobilenet_v3_small")
-        if self.backbone == "mobilenet_v3_small":
             check(
-                self.normalization == "symmetric",
-                "model.normalization",
-                "must be symmetric with backbone mobilenet_v3_small (it expects [-1, 1])",
-            )
+                self.backbone in APPLICATIONS,
+                "model.backbone_weights",
+                f"is for a Keras Applications backbone ({', '.join(APPLICATIONS)}); "
+                + ("a backbone file holds its own weights: set it to null" if self.backbone == "file" else
+                   "backbone cnn trains from scratch: set it to null"),
+            )  # fmt: skip
+        if self.backbone == "file":
             check(
-                self.temporal_input == "frames" or not self.with_frames,
-                "model.with_frames",
-                "must be false with backbone mobilenet_v3_small and a temporal_input (it takes 3 channels)",
+                self.backbone_file.endswith(".keras"),
+                "model.backbone_file",
+                f"must be a .keras image model file with model.backbone file, got {self.backbone_file!r}",
             )
+        if self.backbone_weights == "file":
+            check(
+                self.backbone_file.endswith(".h5"),
+                "model.backbone_file",
+                f"must be a weights file (.weights.h5 or .h5) with model.backbone_weights file, got {self.backbone_file!r}",
+            )
+        if self.backbone == "cnn":
+            check(not self.freeze_backbone, "model.freeze_backbone", "needs a pretrained model.backbone (cnn trains from scratch)")
+        else:
+            pretrained = f"with backbone {self.backbone}"
+            check(self.normalization == "unit", "model.normalization",
+                  f"must be unit {pretrained}: it scales the [0, 1] frames as it was trained to")  # fmt: skip
+            check(self.temporal_input == "frames", "model.temporal_input",
+                  f"must be frames {pretrained} (an image model wants whole frames)")  # fmt: skip
+            check(self.frame_features == 0, "model.frame_features",
+                  f"must be 0 {pretrained}: its features go to the head as they are")  # fmt: skip
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the backbone is a pretrained image model (anything but ``cnn`` with random weights)."""
+        return self.backbone == "file" or (self.backbone in APPLICATIONS and self.backbone_weights is not None)
+
+    @property
+    def frozen_features(self) -> bool:
+        """Whether the per-frame features are fixed: a frozen backbone other than ``cnn`` (cacheable)."""
+        return self.backbone != "cnn" and self.freeze_backbone
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["conv_filters"] = list(self.conv_filters)
+        data["statistics"] = list(self.statistics)
         return data
 
 
@@ -320,7 +396,17 @@ class TrainConfig:
         monitor: the validation metric for early stopping and the best checkpoint.
         early_stopping_patience: epochs without improvement before stopping (0: never stop).
         mixed_precision: ``mixed_float16`` on GPUs; ignored with a warning on CPU.
-        augment: see :class:`AugmentConfig`.
+        augment: see :class:`AugmentConfig`. Not applied on the frozen-feature path (the
+            features are computed once, from the clips as recorded).
+        feature_cache: the folder of the frozen-feature path's cache (``model.freeze_backbone``
+            with a pretrained backbone): each split's per-frame features, one ``.npz`` per key
+            (records' contents, backbone and weights); relative paths are from the working
+            directory (the repository root under ``dvc repro``).
+        fine_tune_layers: after training the head on the frozen backbone, unfreeze the
+            backbone's top this many weighted layers (BatchNormalization stays frozen) ...
+        fine_tune_epochs: ... and train the whole model this many more epochs on the frames
+            (0: no fine-tuning) ...
+        fine_tune_learning_rate: ... at this (lower, constant) learning rate.
     """
 
     epochs: int = 30
@@ -335,8 +421,25 @@ class TrainConfig:
     early_stopping_patience: int = 8
     mixed_precision: bool = False
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    feature_cache: str = ".cache/features"
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
+        check(bool(self.feature_cache.strip()), "train.feature_cache", "must name a folder")
+        check(self.fine_tune_layers >= 0, "train.fine_tune_layers", f"must be >= 0, got {self.fine_tune_layers}")
+        check(self.fine_tune_epochs >= 0, "train.fine_tune_epochs", f"must be >= 0, got {self.fine_tune_epochs}")
+        check(
+            self.fine_tune_learning_rate > 0,
+            "train.fine_tune_learning_rate",
+            f"must be positive, got {self.fine_tune_learning_rate}",
+        )
+        check(
+            (self.fine_tune_epochs > 0) == (self.fine_tune_layers > 0),
+            "train.fine_tune_epochs",
+            "and train.fine_tune_layers go together: both positive to fine-tune, both 0 not to",
+        )
         for key in ("epochs", "batch_size", "shuffle_buffer"):
             check(getattr(self, key) > 0, f"train.{key}", f"must be a positive integer, got {getattr(self, key)}")
         check(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
@@ -386,6 +489,15 @@ class Params:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.fine_tune_epochs:
+            check(
+                self.model.freeze_backbone and self.model.pretrained,
+                "train.fine_tune_epochs",
+                "fine-tunes a frozen pretrained backbone: set model.freeze_backbone true with a pretrained "
+                "model.backbone (file, or an application with backbone_weights), or set it to 0",
+            )
 
     @classmethod
     def load(cls, path: str = DEFAULT_PARAMS) -> Params:
