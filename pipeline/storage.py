@@ -430,11 +430,23 @@ class _S3Stream(io.RawIOBase):
 
 
 def _beam_has(kind: str) -> bool:
+    """Whether Beam can read ``kind``: it has the filesystem and, for ``gs``, the GCS client it needs.
+
+    Beam 2.78 registers its GCS filesystem even without ``apache-beam[gcp]``, then fails on the
+    first read ("GCP dependencies are not installed"): then gs:// is TensorFlow's.
+    """
     try:
         from apache_beam.io.filesystem import FileSystem
         from apache_beam.io.filesystems import FileSystems  # noqa: F401 - registers the filesystems
     except ImportError:
         return False
+    if kind == "gs":
+        try:
+            from apache_beam.io.gcp import gcsio
+        except ImportError:
+            return False
+        if not getattr(gcsio, "GCS_INSTALLED", True):
+            return False
     return any(fs.scheme() == kind for fs in FileSystem.get_all_subclasses())
 
 
