@@ -92,11 +92,11 @@ def _missing_alias(uri: str, register: RegisterConfig | None) -> str | None:
     from training.tracking.registry import missing_alias_reason
 
     name, alias = uri[len("models:/") :].rsplit("@", 1)
-    if register is None or register.model_name != name:
-        register = dataclasses.replace(register or RegisterConfig(), model_name=name)
     try:
+        if register is None or register.model_name != name:
+            register = dataclasses.replace(register or RegisterConfig(), model_name=name)
         return missing_alias_reason(mlflow.MlflowClient(), name, alias, register)
-    except Exception:  # noqa: BLE001 - the store failed while explaining: the load error says it
+    except Exception:  # noqa: BLE001 - the store failed while explaining (or an odd name): the load error says it
         logger.debug("explaining %s", uri, exc_info=True)
         return None
 
