@@ -63,7 +63,7 @@ bench: install
 
 # Pipeline outputs only: the MLflow store (mlflow.db, mlruns/: every run and registered model) is kept.
 clean:
-	rm -rf data/records data/demo models reports dvc_plots  # never data/raw: your own videos may live there
+	rm -rf data/records data/records.cache data/listing.json data/demo models reports dvc_plots  # never data/raw: your own videos may live there
 
 # Also the MLflow store: the whole run history and model registry are deleted.
 clean-all: clean

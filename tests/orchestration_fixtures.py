@@ -28,7 +28,8 @@ TINY_PARAMS = {
         "sequence_length": 4, "height": 32, "width": 32, "clips_per_video": 2,
         "splits": {"train": 0.5, "val": 0.25, "test": 0.25}, "split_salt": "s1",
     },
-    "model": {"conv_filters": [4, 8], "frame_features": 16, "rnn_units": 8, "batch_norm": False, "dropout": 0.0},
+    "model": {"conv_filters": [4, 8], "frame_features": 16, "rnn_units": 8, "batch_norm": False, "dropout": 0.0,
+              "backbone_file": "backbones"},  # dvc.yaml names ${model.backbone_file} (a dependency of train)
     "train": {"epochs": 1, "batch_size": 8, "cache": False},
     "evaluate": {"batch_size": 8},
     "mlflow": {"experiment_name": "vidseq-test"},
