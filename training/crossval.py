@@ -162,6 +162,8 @@ def _run(argv: list[str] | None) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.15, help="share of each fold's non-test videos kept for val (default: %(default)s)")
     args = parser.parse_args(argv)
     listing = list_videos(args.input, {"train": 1.0, "val": 0.0, "test": 0.0})
+    for error in listing.errors:
+        logger.warning("left out of every fold: %s: %s", error["path"], error["reason"])
     videos = [(item.group, item.label) for item in listing.items]
     plans = fold_splits(videos, args.folds, args.seed, args.val_fraction)
     os.makedirs(args.output, exist_ok=True)
