@@ -116,3 +116,24 @@ def test_a_tiny_cross_validation_runs_every_fold_and_decodes_each_video_once(tmp
     first = json.loads((out / "fold-1" / "records" / "dataset.json").read_text())
     second = json.loads((out / "fold-2" / "records" / "dataset.json").read_text())
     assert first["decode"]["videos_reused"] == 0 and second["decode"]["videos_reused"] == 12  # decoded once, in fold 1
+
+
+def test_the_real_footage_benchmark_groups_clips_by_their_source_video(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_footage", os.path.join(REPO, "benchmarks", "real_footage.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "videos.txt").write_text(
+        "https://example.org/a\nfi001: 0.13.50 - 0.15.60\nnofi001: 2.34.70 - 2.37.80\n\n"
+        "https://example.org/b\nfi002: 1.00 - 1.02\nnofi005 - nofi007 : Mall\n"
+    )  # fmt: skip
+    for label, names in (("fight", ["fi001", "fi002", "fi003"]), ("noFight", ["nofi001", "nofi006"])):
+        for name in names:
+            (tmp_path / label).mkdir(exist_ok=True)
+            (tmp_path / label / f"{name}.mp4").write_bytes(b"")
+    assert bench.write_manifest(str(tmp_path), str(tmp_path / "m.csv")) == (5, 4)
+    rows = (tmp_path / "m.csv").read_text().splitlines()
+    groups = {os.path.basename(r.split(",")[0]): r.split(",")[2] for r in rows[1:]}
+    assert groups == {"fi001.mp4": "src001", "nofi001.mp4": "src001", "fi002.mp4": "src002", "fi003.mp4": "solo-fi003",
+                      "nofi006.mp4": "mall"}  # fmt: skip
