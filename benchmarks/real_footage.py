@@ -11,15 +11,23 @@ it was cut from; the source videos are the groups (a clip no source lists is its
 videos stay outside the repository. The benchmark writes ``WORK/manifest.csv`` from FOLDER
 (path,label,group) and ``WORK/params.yaml`` (the repository's ``params.yaml`` with: 160×160
 frames, 16 frames at 8 fps = the clips' 2 s, one clip per video, ``model.backbone: file`` with
-the shared ImageNet MobileNetV2, frozen, ``head: temporal_stats``, ``dropout: 0``, the feature
-cache in WORK), then runs ``python -m training.crossval`` and prints per fold and mean: test
-video accuracy, majority baseline, balanced accuracy, and seconds of
+the shared ImageNet MobileNetV2, frozen, seeing the frame differences (``temporal_input:
+difference``: 15 per clip, as images), ``head: temporal_stats`` with mean, standard deviation and
+mean change of each feature, ``dropout: 0``, the feature cache in WORK), then runs
+``python -m training.crossval`` and prints per fold and mean: test video accuracy, majority
+baseline, balanced accuracy, and seconds of
 
 * decoding: the ``python -m pipeline`` subprocess's wall time (fold 1 decodes every video; later
   folds reuse its clips from the reuse cache, so they cost listing, hashing and writing records);
-* feature extraction: what ``training.train`` logs for the frozen-feature path (all its splits);
-* training: the ``training.train`` subprocess's wall time less the feature extraction (start-up,
-  model building, fitting the head, saving).
+* feature extraction: what ``training.train`` and ``training.evaluate`` log for the frozen-feature
+  path. The feature cache is keyed clip by clip, so each clip's features are computed once in
+  the whole run: fold 1's training computes its train and val clips, its evaluation the test
+  clips, and later folds find every clip cached. Evaluation also runs the backbone on each test
+  clip's frames shuffled and reversed in time (the temporal-order checks of ``metrics.json``:
+  frame differences of a shuffled clip are other images), in every fold;
+* training: the ``training.train`` subprocess's wall time less its feature extraction (start-up,
+  reading the cache, model building, fitting the head, saving);
+* evaluation: the ``training.evaluate`` subprocess's wall time less its feature extraction.
 
 Then, on fold 1's test records, in this process: the frozen-feature path's extraction
 (``training.features.compute_features``: records decoded by tf.data while the backbone runs)
@@ -95,7 +103,8 @@ def write_params(path: str, backbone: str, work: str) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["preprocess"].update({"height": 160, "width": 160, "sequence_length": 16, "fps": 8.0, "clips_per_video": 1})
     params["model"].update({"backbone": "file", "backbone_file": backbone, "freeze_backbone": True,
-                            "temporal_input": "frames", "head": "temporal_stats", "dropout": 0.0})  # fmt: skip
+                            "temporal_input": "difference", "with_frames": False, "head": "temporal_stats",
+                            "statistics": ["mean", "std", "change"], "dropout": 0.0})  # fmt: skip
     params["train"]["feature_cache"] = os.path.join(work, "features")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(params, handle, sort_keys=False)
@@ -151,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cross-validation failed (exit {done.returncode})", file=sys.stderr)
         return 1
     report = json.loads(Path(out, "crossval.json").read_text())
-    print(f"\n{'fold':>5} {'accuracy':>9} {'majority':>9} {'balanced':>9} {'decode s':>9} {'features s':>11} {'train s':>8}")
+    print(f"\n{'fold':>5} {'accuracy':>9} {'majority':>9} {'balanced':>9} {'decode s':>9} {'features s':>11} "
+          f"{'train s':>8} {'evaluate s':>11}")  # fmt: skip
     for k, fold in enumerate(report["per_fold"], start=1):
-        feats = fold["feature_seconds"] or 0.0
+        trained, evaluated = fold["feature_seconds"] or 0.0, fold["evaluate_feature_seconds"] or 0.0
         print(f"{k:>5} {fold['video_accuracy']:>9.3f} {fold['majority_baseline']:>9.3f} {fold['video_balanced_accuracy']:>9.3f} "
-              f"{fold['seconds']['preprocess']:>9.1f} {feats:>11.1f} {fold['seconds']['train'] - feats:>8.1f}")  # fmt: skip
+              f"{fold['seconds']['preprocess']:>9.1f} {trained + evaluated:>11.1f} {fold['seconds']['train'] - trained:>8.1f} "
+              f"{fold['seconds']['evaluate'] - evaluated:>11.1f}")  # fmt: skip
     s = report["summary"]
     print(f"{'mean':>5} {s['video_accuracy']['mean']:>9.3f} {s['majority_baseline']['mean']:>9.3f} "
           f"{s['video_balanced_accuracy']['mean']:>9.3f}   (± {s['video_accuracy']['std']:.3f} "

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.records import DatasetSpec
 from training import backbones
-from training.model import build_model
+from training.model import build_model, split_model
 from vidseq.errors import MissingFileError
 from vidseq.params import APPLICATIONS, ModelConfig
 
@@ -76,6 +76,27 @@ def test_a_keras_image_model_file_gets_0_to_255_frames_and_is_the_whole_models_e
     model.save(saved)
     np.testing.assert_allclose(keras.saving.load_model(saved).predict(clips, verbose=0), model.predict(clips, verbose=0),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("temporal_input", ["difference", "clip_mean"])
+def test_a_pretrained_backbone_sees_the_change_as_an_image_mid_grey_where_nothing_moves(tmp_path, temporal_input):
+    path = str(tmp_path / "image.keras")
+    image = tiny_image_model(path)
+    model = build_model(SPEC, pretrained(backbone="file", backbone_file=path, temporal_input=temporal_input, with_frames=False))
+    clips = np.random.default_rng(1).random((2, 3, 32, 32, 3), dtype=np.float32)
+    per_frame = keras.Model(model.input, model.get_layer("per_frame").output).predict(clips, verbose=0)
+    if temporal_input == "difference":
+        change = clips[:, 1:] - clips[:, :-1]  # T - 1 steps
+    else:
+        change = clips - clips.mean(axis=1, keepdims=True)
+    steps = change.shape[1]
+    expected = image.predict(((change / 2 + 0.5) * 255).reshape(2 * steps, 32, 32, 3), verbose=0).reshape(2, steps, 6)
+    np.testing.assert_allclose(per_frame, expected, rtol=1e-4, atol=1e-4)
+    still = np.repeat(clips[:, :1], 3, axis=1)  # nothing moves: every step is a mid-grey image
+    grey = image.predict(np.full((1, 32, 32, 3), 127.5, np.float32), verbose=0)
+    got = keras.Model(model.input, model.get_layer("per_frame").output).predict(still, verbose=0)
+    np.testing.assert_allclose(got, np.broadcast_to(grey, got.shape), rtol=1e-4, atol=1e-4)
+    assert split_model(model) is not None  # the differences have no weights: still a frozen-feature model
 
 
 def test_a_backbone_file_that_is_not_an_image_model_is_refused(tmp_path):

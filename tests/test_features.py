@@ -11,6 +11,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_backbones import tiny_image_model
 from training_fixtures import write_records
 
@@ -19,6 +20,7 @@ from training import artifacts, features, fit
 from training.data import make_dataset
 from training.metrics import predict_split
 from training.model import load_keras_model, split_model
+from training.shards import record_dataset, shard_files
 from vidseq.params import AugmentConfig, EvaluateConfig, ModelConfig, TrainConfig
 
 
@@ -40,64 +42,124 @@ def configs(root, backbone, **model):
     return ModelConfig(**values), train
 
 
-def test_head_trains_on_cached_features_and_the_saved_model_is_whole(setup, tmp_path, caplog):
+def packs(cache):
+    return sorted(glob.glob(os.path.join(cache, "*", "*.clips")))
+
+
+@pytest.mark.parametrize("temporal_input", ["frames", "difference"])
+def test_head_trains_on_cached_features_and_the_saved_model_is_whole(setup, tmp_path, caplog, temporal_input):
     root, records_dir, backbone = setup
-    model_cfg, train_cfg = configs(root, backbone)
+    model_cfg, train_cfg = configs(root, backbone, temporal_input=temporal_input, with_frames=False)
+    train_cfg = dataclasses.replace(train_cfg, feature_cache=str(tmp_path / "cache"))
     caplog.set_level(logging.INFO)
     result = fit.train(records_dir, str(tmp_path / "a"), model_cfg, train_cfg)
     assert "on cached features" in caplog.text and "train.augment is not applied" in caplog.text
-    cached = sorted(glob.glob(os.path.join(train_cfg.feature_cache, "*.npz")))
-    assert [os.path.basename(p).split("-")[0] for p in cached] == ["train", "val"]
+    assert "train: 16 clips' features, 0 from the cache" in caplog.text
+    assert len(packs(train_cfg.feature_cache)) == 2  # train and val, one pack each
 
     saved = load_keras_model(result.paths["model"])  # the file evaluate, register, serve and predict use
     assert saved.input_shape == (None, 4, 16, 16, 3)  # raw frames in
     spec = records.read_spec(records_dir)
     clips, _ = next(iter(make_dataset(records_dir, "train", spec, 64)))
-    with np.load(next(p for p in cached if os.path.basename(p).startswith("train"))) as data:
-        train_features = data["features"]
-    _, head = split_model(saved)
-    np.testing.assert_allclose(saved.predict(clips.numpy(), verbose=0), head.predict(train_features, verbose=0),
+    feature_model, head = split_model(saved)
+    cached = features.split_features(records_dir, "train", spec, feature_model, train_cfg.feature_cache)
+    np.testing.assert_allclose(saved.predict(clips.numpy(), verbose=0), head.predict(cached["features"], verbose=0),
                                rtol=1e-4, atol=1e-5)  # fmt: skip
     assert result.history["epoch"] == [0, 1, 2]
 
     caplog.clear()  # a second run reads the cache and trains the same model
     again = fit.train(records_dir, str(tmp_path / "b"), model_cfg, train_cfg)
-    assert caplog.text.count("features from the cache") == 2
-    assert sorted(glob.glob(os.path.join(train_cfg.feature_cache, "*.npz"))) == cached
+    assert "train: 16 clips' features, 16 from the cache" in caplog.text
+    assert "val: 8 clips' features, 8 from the cache" in caplog.text and "features of" not in caplog.text
+    assert len(packs(train_cfg.feature_cache)) == 2
     for a, b in zip(result.model.get_weights(), again.model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_key_covers_the_backbone_weights_and_the_records(setup, tmp_path):
+def test_a_clip_is_computed_once_whatever_its_split_or_records_folder(setup, tmp_path, caplog):
+    """A fold of a cross-validation puts cached clips in other splits and other folders: they are not run again."""
     root, records_dir, backbone = setup
     spec = records.read_spec(records_dir)
     model_cfg, _ = configs(root, backbone)
     from training.model import build_model
 
     feature_model, _ = split_model(build_model(spec, model_cfg))
-    key = features.cache_key(records_dir, "train", spec, feature_model)
-    assert key == features.cache_key(records_dir, "train", spec, split_model(build_model(spec, model_cfg))[0])
-    assert key != features.cache_key(records_dir, "val", spec, feature_model)
+    cache = str(tmp_path / "cache")
+    first = features.split_features(records_dir, "train", spec, feature_model, cache)
+    other = str(tmp_path / "fold-2")  # train's and test's clips, in another split, order and shard file
+    serialized = [r for split in ("test", "train") for r in record_dataset(shard_files(records_dir, split, spec), spec)]
+    os.makedirs(other)
+    with tf.io.TFRecordWriter(os.path.join(other, records.shard_name("val", 0, 1, False))) as writer:
+        for record in serialized[::-1]:
+            writer.write(record.numpy())
+    with open(os.path.join(other, records.DATASET_JSON), "w", encoding="utf-8") as handle:
+        handle.write(dataclasses.replace(spec, splits={"val": {"clips": 24, "videos": 12}}).to_json())
+    caplog.set_level(logging.INFO)
+    moved = features.split_features(other, "val", records.read_spec(other), feature_model, cache)
+    assert "val: 24 clips' features, 16 from the cache" in caplog.text  # only test's 8 clips were run
+    assert set(first["video_ids"]) < set(moved["video_ids"])
+    fresh = features.compute_features(str(other), "val", records.read_spec(str(other)), feature_model)
+    np.testing.assert_allclose(moved["features"], fresh["features"], rtol=1e-5, atol=1e-6)
+    assert list(moved["video_ids"]) == list(fresh["video_ids"]) and list(moved["labels"]) == list(fresh["labels"])
+
+
+def test_the_key_covers_the_clip_content_and_the_backbone_weights(setup, tmp_path):
+    root, records_dir, backbone = setup
+    spec = records.read_spec(records_dir)
+    clips = features.split_clips(records_dir, "train", spec)
+    assert len(set(clips["keys"])) == len(clips["keys"]) == 16
+    frames = [b"a" * 10, b"b" * 10]
+    assert features.clip_key(spec, frames) == features.clip_key(spec, list(frames))
+    assert features.clip_key(spec, frames) != features.clip_key(spec, frames[::-1])  # the order is content
+    assert features.clip_key(spec, [b"ab", b"c"]) != features.clip_key(spec, [b"a", b"bc"])
+    assert features.clip_key(spec, frames) != features.clip_key(dataclasses.replace(spec, frame_encoding="png"), frames)
+
+    model_cfg, _ = configs(root, backbone)
+    from training.model import build_model
+
+    digest = features.model_digest(split_model(build_model(spec, model_cfg))[0])
+    assert digest == features.model_digest(split_model(build_model(spec, model_cfg))[0])
     other = str(tmp_path / "other.keras")
     keras.utils.set_random_seed(7)
     tiny_image_model(other)  # the same architecture, other weights
-    other_model, _ = split_model(build_model(spec, dataclasses.replace(model_cfg, backbone_file=other)))
-    assert key != features.cache_key(records_dir, "train", spec, other_model)
-    copy = tmp_path / "records"
-    write_records(str(copy), classes=("left", "right"), videos_per_class={"train": 4, "val": 2, "test": 2},
-                  sequence_length=4, height=16, width=16, seed=1)  # fmt: skip
-    assert key != features.cache_key(str(copy), "train", spec, feature_model)
+    assert digest != features.model_digest(split_model(build_model(spec, dataclasses.replace(model_cfg, backbone_file=other)))[0])
+    differences = dataclasses.replace(model_cfg, temporal_input="difference", with_frames=False)
+    assert digest != features.model_digest(split_model(build_model(spec, differences))[0])
 
 
-def test_evaluate_runs_the_backbone_once_and_agrees_with_the_frames(setup):
+def test_a_pack_a_killed_run_left_without_its_key_list_is_ignored(setup, tmp_path):
     root, records_dir, backbone = setup
     spec = records.read_spec(records_dir)
-    model_cfg, _ = configs(root, backbone, head="rnn", rnn_units=4)
+    model_cfg, _ = configs(root, backbone)
     from training.model import build_model
 
+    feature_model, _ = split_model(build_model(spec, model_cfg))
+    cache = str(tmp_path / "cache")
+    first = features.split_features(records_dir, "test", spec, feature_model, cache)
+    (key_list,) = packs(cache)
+    os.remove(key_list)  # as if killed between writing the features and their keys
+    folder = os.path.dirname(key_list)
+    with open(os.path.join(folder, "junk.npy.tmp"), "wb") as handle:
+        handle.write(b"half a file")
+    assert features.FeatureStore(folder)._index == {}
+    again = features.split_features(records_dir, "test", spec, feature_model, cache)
+    np.testing.assert_array_equal(first["features"], again["features"])
+    assert len(packs(cache)) == 1
+
+
+@pytest.mark.parametrize("temporal_input", ["frames", "difference"])
+def test_evaluate_runs_the_backbone_once_and_agrees_with_the_frames(setup, tmp_path, temporal_input):
+    """Per-frame features are shuffled and reversed as they are; features of frame differences are computed
+    from the shuffled and reversed frames (their differences are others): either way what the whole model says."""
+    root, records_dir, backbone = setup
+    spec = records.read_spec(records_dir)
+    model_cfg, _ = configs(root, backbone, head="rnn", rnn_units=4, temporal_input=temporal_input, with_frames=False)
+    from training.model import build_model, per_frame_features
+
     model = build_model(spec, model_cfg)
+    assert per_frame_features(split_model(model)[0]) == (temporal_input == "frames")
     cfg = EvaluateConfig(batch_size=3)
-    fast = predict_split(model, records_dir, spec, cfg)
+    fast = predict_split(model, records_dir, spec, cfg, feature_cache=str(tmp_path / "cache"))
     ds = make_dataset(records_dir, "test", spec, cfg.batch_size)
     rng = np.random.default_rng(cfg.shuffle_seed)
     from training.metrics import shuffle_time

@@ -102,7 +102,10 @@ def test_splits_may_name_any_subset_of_train_val_test(splits):
         ({"model": {"backbone": "MobileNetV2"}}, "model.backbone must be one of cnn, mobilenet_v2, "),
         ({"model": {"backbone_weights": "w.h5"}}, "model.backbone_weights must be one of"),
         ({"model": {"backbone_weights": "imagenet"}}, "model.backbone_weights is for a Keras Applications backbone"),
-        ({"model": {"backbone": "mobilenet_v2"}}, "model.temporal_input must be frames with backbone mobilenet_v2"),
+        (
+            {"model": {"backbone": "mobilenet_v2"}},
+            "model.with_frames must be false with backbone mobilenet_v2 and temporal_input difference",
+        ),
         (
             {"model": {"backbone": "mobilenet_v2", "temporal_input": "frames", "normalization": "symmetric"}},
             "model.normalization must be unit with backbone mobilenet_v2: it scales",

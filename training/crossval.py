@@ -138,13 +138,14 @@ def run_fold(fold_dir: str, manifest: str, params: str, cache: str) -> dict:
     seconds = {}
     seconds["preprocess"], _ = _stage("preprocess", ["pipeline", "--input", manifest, "--output", records, "--params", params, "--cache", cache])
     seconds["train"], log = _stage("train", ["training.train", "--records", records, "--output", model, "--params", params, "--no-track", "--verbose", "0"])
-    seconds["evaluate"], _ = _stage("evaluate", ["training.evaluate", "--records", records, "--model", model, "--output", reports, "--params", params])
+    seconds["evaluate"], evaluated = _stage("evaluate", ["training.evaluate", "--records", records, "--model", model, "--output", reports, "--params", params])
     with open(os.path.join(reports, artifacts.METRICS_JSON), encoding="utf-8") as handle:
         metrics = json.load(handle)
     result = {k: float(metrics[k]) for k in METRICS}
     result["test_videos"] = int(metrics.get("videos", 0) or 0)
     result["seconds"] = seconds
     result["feature_seconds"] = feature_seconds(log)
+    result["evaluate_feature_seconds"] = feature_seconds(evaluated)
     return result
 
 

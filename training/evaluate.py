@@ -49,7 +49,7 @@ def _run(argv: list[str] | None) -> None:
     from training.metrics import baseline_warning, evaluate
     from training.tracking import runs
 
-    result = evaluate(records_dir, args.model, args.output, params.evaluate)
+    result = evaluate(records_dir, args.model, args.output, params.evaluate, params.train.feature_cache)
     if runs.has_run_file(args.model):  # continue the training run; untracked models are backfilled by register
         runs.track_evaluation(
             args.model, result.paths["metrics"], params={"evaluate": params.evaluate.as_dict()},

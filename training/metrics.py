@@ -256,18 +256,24 @@ def check_same_classes(model_spec: DatasetSpec, records_spec: DatasetSpec) -> No
         )
 
 
-def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfig) -> dict[str, np.ndarray]:
+def predict_split(
+    model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfig, feature_cache: str | None = None
+) -> dict[str, np.ndarray]:
     """Runs the model over a split: as recorded, frames shuffled in time, frames reversed.
 
     A model with a pretrained per-frame backbone (:func:`training.model.split_model`) runs its
     backbone once per frame: the head then sees the features as recorded, shuffled and reversed
-    in time, which is what the whole model computes on shuffled and reversed frames.
+    in time, which is what the whole model computes on shuffled and reversed frames; the
+    features as recorded come from ``feature_cache`` (``train.feature_cache``) where training or
+    an earlier evaluation computed them with the same weights (:mod:`training.features`). When the
+    backbone sees frame differences (``model.temporal_input``), shuffled and reversed clips have
+    other differences: their features are computed from the shuffled and reversed frames.
 
     Returns:
         ``{"labels", "video_ids", "probs", "shuffled_probs", "reversed_probs"}`` arrays.
     """
     from training.data import check_compatible, make_dataset
-    from training.model import split_model
+    from training.model import per_frame_features, split_model
     from training.shards import reading_records
 
     ds = make_dataset(records_dir, cfg.split, spec, cfg.batch_size, with_video_id=True)
@@ -275,20 +281,28 @@ def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfi
     rng = np.random.default_rng(cfg.shuffle_seed)
     parts = split_model(model)
     if parts is not None:
-        from training.features import compute_features
+        from training.features import compute_features, split_features
 
         feature_model, head = parts
-        found = compute_features(records_dir, cfg.split, spec, feature_model)
-        features = found["features"]
         predict = lambda x: np.concatenate([  # noqa: E731
             np.asarray(head.predict_on_batch(x[i : i + cfg.batch_size])) for i in range(0, len(x), cfg.batch_size)
         ])
+        found = split_features(records_dir, cfg.split, spec, feature_model, feature_cache)
+        features = found["features"]
+        if per_frame_features(feature_model):
+            shuffled, reversed_ = shuffle_time(features, rng), features[:, ::-1]
+        else:
+            changed = compute_features(
+                records_dir, cfg.split, spec, feature_model,
+                variants={"shuffled": lambda clips: shuffle_time(clips, rng), "reversed": lambda clips: clips[:, ::-1]},
+            )  # fmt: skip
+            shuffled, reversed_ = changed["shuffled"], changed["reversed"]
         return {
             "labels": found["labels"].astype(np.int64),
             "video_ids": found["video_ids"],
             "probs": predict(features),
-            "shuffled_probs": predict(shuffle_time(features, rng)),
-            "reversed_probs": predict(features[:, ::-1]),
+            "shuffled_probs": predict(shuffled),
+            "reversed_probs": predict(reversed_),
         }
     keys = ("labels", "video_ids", "probs", "shuffled_probs", "reversed_probs")
     out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
@@ -302,8 +316,13 @@ def predict_split(model, records_dir: str, spec: DatasetSpec, cfg: EvaluateConfi
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateConfig) -> EvalResult:
+def evaluate(
+    records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateConfig, feature_cache: str | None = None
+) -> EvalResult:
     """Evaluates the model in ``model_dir`` on ``cfg.split`` of ``records_dir``; writes reports.
+
+    ``feature_cache``: ``train.feature_cache``, for a model with a frozen pretrained backbone
+    (see :func:`predict_split`).
 
     Raises:
         ContractError: if the records' clip shape or classes differ from the model's.
@@ -313,7 +332,7 @@ def evaluate(records_dir: str, model_dir: str, output_dir: str, cfg: EvaluateCon
     model, model_spec = load_trained(model_dir)
     spec = records.read_spec(records_dir)
     check_same_classes(model_spec, spec)
-    pred = predict_split(model, records_dir, spec, cfg)
+    pred = predict_split(model, records_dir, spec, cfg, feature_cache)
     metrics = compute_metrics(
         pred["labels"], pred["probs"], list(pred["video_ids"]), spec.classes, cfg.top_k,
         pred["shuffled_probs"], pred["reversed_probs"],

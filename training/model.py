@@ -76,7 +76,8 @@ def build_model(spec: DatasetSpec, cfg: ModelConfig) -> keras.Model:
         if spec.channels != 3:
             raise ValueError(f"model.backbone {cfg.backbone} needs 3-channel (RGB) frames, the records have {spec.channels}")
         image_model = build_image_model(spec.clip_shape[1:], cfg)
-        x = layers.TimeDistributed(image_model, name="per_frame")(inputs)  # (batch, T, features)
+        x = _pretrained_input(inputs, cfg, spec.sequence_length)
+        x = layers.TimeDistributed(image_model, name="per_frame")(x)  # (batch, T or T - 1, features)
         head = build_head(x.shape[1], x.shape[2], cfg, spec.num_classes)
         head_name = cfg.rnn if cfg.head == "rnn" else "stats"
         return keras.Model(inputs, head(x), name=f"{cfg.backbone if cfg.backbone != 'file' else 'pretrained'}_{head_name}")
@@ -100,9 +101,19 @@ def split_model(model: keras.Model) -> tuple[keras.Model, keras.Model] | None:
         per_frame = model.get_layer("per_frame")
     except ValueError:
         return None
-    if per_frame.input is not model.input and getattr(per_frame.input, "name", None) != model.input.name:
-        return None  # something between the clip and the image model: not a per-frame encoder of the clip
-    return keras.Model(model.input, per_frame.output, name="features"), head
+    features = keras.Model(model.input, per_frame.output, name="features")
+    if len(features.weights) != len(per_frame.weights):
+        return None  # weights between the clip and the image model: not a fixed function of the clip
+    return features, head
+
+
+def per_frame_features(feature_model: keras.Model) -> bool:
+    """Whether a ``features`` part of :func:`split_model` encodes each frame alone (``temporal_input: frames``).
+
+    Then the features of a clip whose frames are shuffled or reversed are its features shuffled
+    or reversed; with frame differences before the image model they are not.
+    """
+    return not any(layer.name in _TEMPORAL_INPUT_LAYERS for layer in feature_model.layers)
 
 
 def build_tiny_model(spec: DatasetSpec) -> keras.Model:
@@ -119,6 +130,21 @@ def _normalize(x: keras.KerasTensor, how: str, channels: int) -> keras.KerasTens
         variance = [s * s for s in IMAGENET_STD]
         return layers.Normalization(mean=IMAGENET_MEAN, variance=variance, name="imagenet_norm")(x)
     return x
+
+
+_TEMPORAL_INPUT_LAYERS = ("frame_difference", "minus_clip_mean")
+
+
+def _pretrained_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.KerasTensor:
+    """What a pretrained image model sees at each step: the frames, or their change as an image.
+
+    A change in [-1, 1] is shifted to [0, 1] (x / 2 + 0.5): no change is mid-grey, and the image
+    model scales it like any frame (``model.with_frames`` is false here: an image model takes 3 channels).
+    """
+    if cfg.temporal_input == "frames":
+        return x
+    change = _temporal_input(x, cfg, t)
+    return layers.Rescaling(0.5, offset=0.5, name="change_as_image")(change)
 
 
 def _temporal_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.KerasTensor:

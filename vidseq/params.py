@@ -224,9 +224,12 @@ class ModelConfig:
         temporal_input: what the CNN sees at each time step: ``frames`` (the frames as
             recorded), ``difference`` (each frame minus the previous one: T - 1 steps, the
             static background cancels out, what moves remains) or ``clip_mean`` (each frame
-            minus the clip's mean frame); a pretrained backbone needs ``frames``.
+            minus the clip's mean frame). A pretrained backbone sees the change as an image
+            (x / 2 + 0.5: no change is mid-grey), which on real footage carries the motion
+            that frames alone do not.
         with_frames: with ``difference``/``clip_mean``, also give the CNN the frames themselves
-            (stacked as extra channels), so it sees what moves as well as how.
+            (stacked as extra channels), so it sees what moves as well as how (``cnn`` only: a
+            pretrained backbone takes 3 channels, so it needs ``false`` there).
         conv_filters: filters of each conv block (each block halves H and W).
         conv_kernel: kernel size of the convolutions.
         convs_per_block: convolutions per block before the pooling.
@@ -321,8 +324,9 @@ class ModelConfig:
             pretrained = f"with backbone {self.backbone}"
             check(self.normalization == "unit", "model.normalization",
                   f"must be unit {pretrained}: it scales the [0, 1] frames as it was trained to")  # fmt: skip
-            check(self.temporal_input == "frames", "model.temporal_input",
-                  f"must be frames {pretrained} (an image model wants whole frames)")  # fmt: skip
+            check(self.temporal_input == "frames" or not self.with_frames, "model.with_frames",
+                  f"must be false {pretrained} and temporal_input {self.temporal_input}: an image model takes "
+                  "3 channels, the change alone (or set temporal_input: frames)")  # fmt: skip
             check(self.frame_features == 0, "model.frame_features",
                   f"must be 0 {pretrained}: its features go to the head as they are")  # fmt: skip
 
