@@ -111,24 +111,31 @@ def write_params(path: str, backbone: str, work: str) -> None:
 
 
 def extraction_vs_memory(records_dir: str, model_path: str, repeats: int = 2) -> dict[str, float]:
-    """Frames/s of the frozen-feature path on a split against the backbone on the same frames in memory."""
+    """Frames/s of the frozen-feature path on a split against the backbone on the same frames in memory.
+
+    Both run the model's per-frame part through the same traced function
+    (:func:`training.features.frame_runner`, traced before either is timed), on batches of
+    ``CLIPS_PER_BATCH`` clips: in memory, on float32 clips decoded beforehand; on the path, from
+    the shards (tf.data reading, decoding and converting on the same cores while the backbone runs).
+    """
     import numpy as np
 
     from pipeline import records
     from training.data import make_dataset
-    from training.features import CLIPS_PER_BATCH, compute_features
+    from training.features import CLIPS_PER_BATCH, compute_features, frame_runner
     from training.model import load_keras_model, split_model
 
     spec = records.read_spec(records_dir)
     features, _ = split_model(load_keras_model(model_path))
     batches = [clips for clips, _ in make_dataset(records_dir, "test", spec, CLIPS_PER_BATCH).as_numpy_iterator()]
     frames = sum(len(b) for b in batches) * spec.sequence_length
-    features.predict_on_batch(batches[0])  # warm-up: tracing
+    run = frame_runner(features)
+    run(batches[0])  # tracing, once for every batch size
     memory, path = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         for clips in batches:
-            np.asarray(features.predict_on_batch(clips))
+            np.asarray(run(clips))
         memory.append(time.perf_counter() - start)
         start = time.perf_counter()
         compute_features(records_dir, "test", spec, features)

@@ -53,7 +53,8 @@ def test_head_trains_on_cached_features_and_the_saved_model_is_whole(setup, tmp_
     train_cfg = dataclasses.replace(train_cfg, feature_cache=str(tmp_path / "cache"))
     caplog.set_level(logging.INFO)
     result = fit.train(records_dir, str(tmp_path / "a"), model_cfg, train_cfg)
-    assert "on cached features" in caplog.text and "train.augment is not applied" in caplog.text
+    assert "on cached features" in caplog.text
+    assert "train.augment's crop, brightness and contrast are not applied" in caplog.text
     assert "train: 16 clips' features, 0 from the cache" in caplog.text
     assert len(packs(train_cfg.feature_cache)) == 2  # train and val, one pack each
 
@@ -125,6 +126,28 @@ def test_the_key_covers_the_clip_content_and_the_backbone_weights(setup, tmp_pat
     assert digest != features.model_digest(split_model(build_model(spec, dataclasses.replace(model_cfg, backbone_file=other)))[0])
     differences = dataclasses.replace(model_cfg, temporal_input="difference", with_frames=False)
     assert digest != features.model_digest(split_model(build_model(spec, differences))[0])
+
+
+def test_horizontal_flip_adds_each_training_clips_mirror_image_cached_like_the_clip(setup, tmp_path, caplog):
+    root, records_dir, backbone = setup
+    model_cfg, train_cfg = configs(root, backbone, temporal_input="difference", with_frames=False)
+    train_cfg = dataclasses.replace(train_cfg, feature_cache=str(tmp_path / "cache"), epochs=1,
+                                    augment=AugmentConfig(crop_min_fraction=1.0, brightness=0.0, contrast=0.0, horizontal_flip=True))  # fmt: skip
+    caplog.set_level(logging.INFO)
+    fit.train(records_dir, str(tmp_path / "a"), model_cfg, train_cfg)
+    assert "train: 16 mirrored clips' features, 0 from the cache" in caplog.text
+    assert "are not applied" not in caplog.text  # only the flip is asked for, and it is applied
+    spec = records.read_spec(records_dir)
+    from training.model import build_model
+
+    feature_model, _ = split_model(build_model(spec, model_cfg))
+    mirrored = features.split_features(records_dir, "train", spec, feature_model, train_cfg.feature_cache, mirrored=True)
+    clips = np.concatenate([c for c, _ in make_dataset(records_dir, "train", spec, 64).as_numpy_iterator()])
+    np.testing.assert_allclose(mirrored["features"], feature_model.predict(clips[:, :, :, ::-1], verbose=0),
+                               rtol=1e-4, atol=1e-5)  # fmt: skip
+    plain = features.split_features(records_dir, "train", spec, feature_model, train_cfg.feature_cache)
+    assert not np.allclose(mirrored["features"], plain["features"])
+    assert len(packs(train_cfg.feature_cache)) == 3  # train, val, train mirrored
 
 
 def test_a_pack_a_killed_run_left_without_its_key_list_is_ignored(setup, tmp_path):

@@ -414,15 +414,20 @@ def _feature_datasets(
     if parts is None:
         raise VidseqError(f"{model.name} has no per-frame part to cache: set model.freeze_backbone false")
     feature_model, head = parts
-    if cfg.augment.enabled:
+    augment = cfg.augment
+    if dataclasses.replace(augment, horizontal_flip=False).enabled:
         logger.info(
-            "frozen-feature path: train.augment is not applied (each clip's features are computed once, from "
-            "the clip as recorded); set model.freeze_backbone false to train on augmented frames"
-        )
+            "frozen-feature path: train.augment's crop, brightness and contrast are not applied (each clip's "
+            "features are computed once, from the clip as recorded%s); set model.freeze_backbone false to train "
+            "on augmented frames", ", and mirrored: horizontal_flip" if augment.horizontal_flip else "",
+        )  # fmt: skip
     splits = {name: split_features(records_dir, name, spec, feature_model, cfg.feature_cache) for name in ("train", "val")}
-    if standardizer(head) is not None:
-        _adapt_standardizer(head, tf.data.Dataset.from_tensor_slices(splits["train"]["features"]).batch(256))
     train = splits["train"]
+    if augment.horizontal_flip:  # one fixed variant per clip: its features are cached like the clip's
+        mirrored = split_features(records_dir, "train", spec, feature_model, cfg.feature_cache, mirrored=True)
+        train = {key: np.concatenate([train[key], mirrored[key]]) for key in ("features", "labels")}
+    if standardizer(head) is not None:
+        _adapt_standardizer(head, tf.data.Dataset.from_tensor_slices(train["features"]).batch(256))
     train_ds = (
         tf.data.Dataset.from_tensor_slices((train["features"], train["labels"]))
         .shuffle(len(train["labels"]), seed=cfg.seed, reshuffle_each_iteration=True)
