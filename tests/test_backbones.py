@@ -78,11 +78,12 @@ def test_a_keras_image_model_file_gets_0_to_255_frames_and_is_the_whole_models_e
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
-@pytest.mark.parametrize("temporal_input", ["difference", "clip_mean"])
-def test_a_pretrained_backbone_sees_the_change_as_an_image_mid_grey_where_nothing_moves(tmp_path, temporal_input):
+@pytest.mark.parametrize(("temporal_input", "gain"), [("difference", 8.0), ("clip_mean", 1.0)])
+def test_a_pretrained_backbone_sees_the_change_as_an_image_mid_grey_where_nothing_moves(tmp_path, temporal_input, gain):
     path = str(tmp_path / "image.keras")
     image = tiny_image_model(path)
-    model = build_model(SPEC, pretrained(backbone="file", backbone_file=path, temporal_input=temporal_input, with_frames=False))
+    cfg = pretrained(backbone="file", backbone_file=path, temporal_input=temporal_input, with_frames=False, change_gain=gain)
+    model = build_model(SPEC, cfg)
     clips = np.random.default_rng(1).random((2, 3, 32, 32, 3), dtype=np.float32)
     per_frame = keras.Model(model.input, model.get_layer("per_frame").output).predict(clips, verbose=0)
     if temporal_input == "difference":
@@ -90,7 +91,9 @@ def test_a_pretrained_backbone_sees_the_change_as_an_image_mid_grey_where_nothin
     else:
         change = clips - clips.mean(axis=1, keepdims=True)
     steps = change.shape[1]
-    expected = image.predict(((change / 2 + 0.5) * 255).reshape(2 * steps, 32, 32, 3), verbose=0).reshape(2, steps, 6)
+    as_image = np.clip(gain * change / 2 + 0.5, 0.0, 1.0)  # amplified, mid-grey where nothing changes, clipped
+    assert (gain == 1.0) or ((as_image == 0.0).any() and (as_image == 1.0).any())
+    expected = image.predict((as_image * 255).reshape(2 * steps, 32, 32, 3), verbose=0).reshape(2, steps, 6)
     np.testing.assert_allclose(per_frame, expected, rtol=1e-4, atol=1e-4)
     still = np.repeat(clips[:, :1], 3, axis=1)  # nothing moves: every step is a mid-grey image
     grey = image.predict(np.full((1, 32, 32, 3), 127.5, np.float32), verbose=0)

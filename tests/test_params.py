@@ -99,6 +99,7 @@ def test_splits_may_name_any_subset_of_train_val_test(splits):
         ({"model": {"rnn": "transformer"}}, "model.rnn must be one of"),
         ({"model": {"conv_filters": [16, "x"]}}, "model.conv_filters[1] must be an integer"),
         ({"model": {"dropout": 1.0}}, "model.dropout must be in [0, 1)"),
+        ({"model": {"change_gain": 0}}, "model.change_gain must be > 0"),
         ({"model": {"backbone": "MobileNetV2"}}, "model.backbone must be one of cnn, mobilenet_v2, "),
         ({"model": {"backbone_weights": "w.h5"}}, "model.backbone_weights must be one of"),
         ({"model": {"backbone_weights": "imagenet"}}, "model.backbone_weights is for a Keras Applications backbone"),

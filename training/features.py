@@ -20,7 +20,9 @@ Each run that computes clips adds one *pack* to the model's folder: ``<name>.npy
 atomically, the key list last: a pack without its key list (a killed run) is ignored, and two
 runs writing the same pack at once write the same bytes. ``rm -r`` the folder to free the space.
 
-Augmentation does not apply here: the features are of the clips as recorded.
+Augmentation: the features are of the clips as recorded, except that ``train.augment.horizontal_flip``
+adds each training clip's mirror image (one fixed variant, cached under the clip's key +
+:data:`MIRRORED`); crops, brightness and contrast are drawn anew each epoch and do not apply.
 """
 
 from __future__ import annotations

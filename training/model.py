@@ -138,13 +138,15 @@ _TEMPORAL_INPUT_LAYERS = ("frame_difference", "minus_clip_mean")
 def _pretrained_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.KerasTensor:
     """What a pretrained image model sees at each step: the frames, or their change as an image.
 
-    A change in [-1, 1] is shifted to [0, 1] (x / 2 + 0.5): no change is mid-grey, and the image
-    model scales it like any frame (``model.with_frames`` is false here: an image model takes 3 channels).
+    A change in [-1, 1] is amplified by ``model.change_gain`` and shifted to mid-grey
+    (gain x change / 2 + 0.5), then clipped to [0, 1]; the image model scales it like any frame
+    (``model.with_frames`` is false here: an image model takes 3 channels).
     """
     if cfg.temporal_input == "frames":
         return x
     change = _temporal_input(x, cfg, t)
-    return layers.Rescaling(0.5, offset=0.5, name="change_as_image")(change)
+    image = layers.Rescaling(cfg.change_gain / 2, offset=0.5, name="change_as_image")(change)
+    return layers.ReLU(max_value=1.0, name="clip_to_0_1")(image)
 
 
 def _temporal_input(x: keras.KerasTensor, cfg: ModelConfig, t: int) -> keras.KerasTensor:

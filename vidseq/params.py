@@ -225,8 +225,12 @@ class ModelConfig:
             recorded), ``difference`` (each frame minus the previous one: T - 1 steps, the
             static background cancels out, what moves remains) or ``clip_mean`` (each frame
             minus the clip's mean frame). A pretrained backbone sees the change as an image
-            (x / 2 + 0.5: no change is mid-grey), which on real footage carries the motion
-            that frames alone do not.
+            (``change_gain`` x change / 2 + 0.5, clipped to [0, 1]: no change is mid-grey),
+            which on real footage carries the motion that frames alone do not.
+        change_gain: a pretrained backbone seeing ``difference``/``clip_mean``: how much the
+            change is amplified before it becomes an image (most frame-to-frame changes are a
+            few grey levels, too faint for an image model; the clipping keeps large ones
+            white or black). Not used by ``cnn``, which learns its own scale.
         with_frames: with ``difference``/``clip_mean``, also give the CNN the frames themselves
             (stacked as extra channels), so it sees what moves as well as how (``cnn`` only: a
             pretrained backbone takes 3 channels, so it needs ``false`` there).
@@ -260,6 +264,7 @@ class ModelConfig:
     normalization: Literal["unit", "symmetric", "imagenet"] = "unit"
     temporal_input: Literal["frames", "difference", "clip_mean"] = "difference"
     with_frames: bool = True
+    change_gain: float = 5.0
     conv_filters: tuple[int, ...] = (16, 32, 64)
     conv_kernel: int = 3
     convs_per_block: int = 1
@@ -292,6 +297,7 @@ class ModelConfig:
         )
         check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
         check(self.l2 >= 0.0, "model.l2", f"must be >= 0, got {self.l2}")
+        check(self.change_gain > 0.0, "model.change_gain", f"must be > 0, got {self.change_gain}")
         unknown = sorted(set(self.statistics) - set(STATISTICS))
         check(
             bool(self.statistics) and not unknown,
