@@ -10,7 +10,9 @@ For fold K, ``DIR/fold-K/manifest.csv`` holds every video with a ``split`` colum
 fold, ``val`` whole groups carved from the rest per class, ``train`` the rest. Each fold then runs
 ``python -m pipeline`` (sharing the reuse cache ``DIR/clips.cache``: videos are decoded in the
 first fold and reused after), ``python -m training.train --no-track`` and
-``python -m training.evaluate`` as subprocesses, and its ``reports/metrics.json`` is read.
+``python -m training.evaluate`` as subprocesses, and its ``reports/metrics.json`` is read. With
+a frozen pretrained backbone the feature cache (``train.feature_cache``) is keyed clip by clip,
+so each clip goes through the backbone once in the whole run, whichever fold and split it is in.
 Prints per fold and mean ± sample standard deviation of the test video accuracy, the majority
 baseline and the balanced accuracy, with each stage's seconds (the subprocesses' wall time);
 writes ``DIR/crossval.json``.
