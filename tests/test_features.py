@@ -42,6 +42,15 @@ def configs(root, backbone, **model):
     return ModelConfig(**values), train
 
 
+def frame_features(setup):
+    """``(records_dir, spec, feature model)`` of the frames-in configuration."""
+    root, records_dir, backbone = setup
+    spec = records.read_spec(records_dir)
+    from training.model import build_model
+
+    return records_dir, spec, split_model(build_model(spec, configs(root, backbone)[0]))[0]
+
+
 def packs(cache):
     return sorted(glob.glob(os.path.join(cache, "*", "*.clips")))
 
@@ -79,12 +88,7 @@ def test_head_trains_on_cached_features_and_the_saved_model_is_whole(setup, tmp_
 
 def test_a_clip_is_computed_once_whatever_its_split_or_records_folder(setup, tmp_path, caplog):
     """A fold of a cross-validation puts cached clips in other splits and other folders: they are not run again."""
-    root, records_dir, backbone = setup
-    spec = records.read_spec(records_dir)
-    model_cfg, _ = configs(root, backbone)
-    from training.model import build_model
-
-    feature_model, _ = split_model(build_model(spec, model_cfg))
+    records_dir, spec, feature_model = frame_features(setup)
     cache = str(tmp_path / "cache")
     first = features.split_features(records_dir, "train", spec, feature_model, cache)
     other = str(tmp_path / "fold-2")  # train's and test's clips, in another split, order and shard file
@@ -151,12 +155,7 @@ def test_horizontal_flip_adds_each_training_clips_mirror_image_cached_like_the_c
 
 
 def test_a_pack_a_killed_run_left_without_its_key_list_is_ignored(setup, tmp_path):
-    root, records_dir, backbone = setup
-    spec = records.read_spec(records_dir)
-    model_cfg, _ = configs(root, backbone)
-    from training.model import build_model
-
-    feature_model, _ = split_model(build_model(spec, model_cfg))
+    records_dir, spec, feature_model = frame_features(setup)
     cache = str(tmp_path / "cache")
     first = features.split_features(records_dir, "test", spec, feature_model, cache)
     (key_list,) = packs(cache)

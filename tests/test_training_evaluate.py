@@ -207,8 +207,8 @@ def test_evaluate_warns_but_succeeds_when_the_model_answers_the_commonest_class(
     records_dir, model_dir, spec = trained
     real = ev.predict_split
 
-    def always_left(model, records, records_spec, cfg):
-        pred = real(model, records, records_spec, cfg)
+    def always_left(model, records, records_spec, cfg, feature_cache=None):
+        pred = real(model, records, records_spec, cfg, feature_cache)
         constant = np.tile(np.eye(len(spec.classes))[0], (len(pred["labels"]), 1))
         return {**pred, "probs": constant}
 
