@@ -114,7 +114,7 @@ def extraction_vs_memory(records_dir: str, model_path: str, repeats: int = 2) ->
     """Frames/s of the frozen-feature path on a split against the backbone on the same frames in memory.
 
     Both run the model's per-frame part through the same traced function
-    (:func:`training.features.frame_runner`, traced before either is timed), on batches of
+    (:func:`training.model.traced_call`, traced before either is timed), on batches of
     ``CLIPS_PER_BATCH`` clips: in memory, on float32 clips decoded beforehand; on the path, from
     the shards (tf.data reading, decoding and converting on the same cores while the backbone runs).
     """
@@ -122,14 +122,14 @@ def extraction_vs_memory(records_dir: str, model_path: str, repeats: int = 2) ->
 
     from pipeline import records
     from training.data import make_dataset
-    from training.features import CLIPS_PER_BATCH, compute_features, frame_runner
-    from training.model import load_keras_model, split_model
+    from training.features import CLIPS_PER_BATCH, compute_features
+    from training.model import load_keras_model, split_model, traced_call
 
     spec = records.read_spec(records_dir)
     features, _ = split_model(load_keras_model(model_path))
     batches = [clips for clips, _ in make_dataset(records_dir, "test", spec, CLIPS_PER_BATCH).as_numpy_iterator()]
     frames = sum(len(b) for b in batches) * spec.sequence_length
-    run = frame_runner(features)
+    run = traced_call(features)
     run(batches[0])  # tracing, once for every batch size
     memory, path = [], []
     for _ in range(repeats):

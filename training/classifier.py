@@ -171,7 +171,9 @@ class VideoClassifier:
             yield tf.image.convert_image_dtype(frames, tf.float32).numpy()  # as training.data
 
     def _predict(self, batch: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(np.stack(batch)), dtype=np.float64)
+        from training.model import traced_call  # one trace for every number of clips a video gives
+
+        return np.asarray(traced_call(self.model)(np.stack(batch)), dtype=np.float64)
 
     def classify_value(self, value: Any, root: str | None = None, limits: DecodeLimits | None = None) -> dict[str, Any]:
         """Classifies one served ``video`` cell; a bad video gives ``error`` instead of raising.

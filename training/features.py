@@ -33,7 +33,6 @@ import logging
 import os
 import tempfile
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -193,29 +192,6 @@ def split_features(
     return {"features": features, "labels": clips["labels"], "video_ids": clips["video_ids"]}
 
 
-def frame_runner(feature_model: Any) -> Callable[[Any], Any]:
-    """``clips -> features`` of a ``features`` part, traced once for any number of clips.
-
-    The image model sits in ``TimeDistributed``, which Keras runs through ``vectorized_map``:
-    tracing that for a MobileNetV2 takes about 20 s on 2 cores, and ``predict_on_batch`` traces
-    again for each new batch size (the last, smaller batch of a split: 20 s more). One
-    ``tf.function`` whose batch axis is ``None`` is traced once. (Merging the batch and time axes
-    by hand and calling the image model on all frames at once traces in 2 s but runs about 30 %
-    slower on these CPUs: measured, 80-100 against 115-125 frames/s at 160x160.)
-    """
-    import tensorflow as tf
-
-    run = _RUNNERS.get(feature_model)
-    if run is None:
-        signature = [tf.TensorSpec((None, *feature_model.input_shape[1:]), tf.float32)]
-        run = tf.function(lambda clips: feature_model(clips, training=False), input_signature=signature)
-        _RUNNERS[feature_model] = run
-    return run
-
-
-_RUNNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def compute_features(
     records_dir: str,
     split: str,
@@ -239,6 +215,7 @@ def compute_features(
     import tensorflow as tf
 
     from training.data import parse_clip
+    from training.model import traced_call
     from training.shards import reading_records, record_dataset, shard_files
 
     ds = record_dataset(shard_files(records_dir, split, spec), spec)
@@ -251,7 +228,7 @@ def compute_features(
     variants = dict(variants or {"features": None})
     names = tuple(variants)
     out: dict[str, list[Any]] = {name: [] for name in (*names, "labels", "video_ids")}
-    run = frame_runner(feature_model)
+    run = traced_call(feature_model)
     start, waited = time.perf_counter(), 0.0
     with reading_records(records_dir, spec, split):
         iterator = iter(ds)
